@@ -1,0 +1,181 @@
+"""The `meterway` command: argument parsing and dispatch. Work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+from meterway.context import CommandError, Context, open_context
+from shared.config import Settings, get_settings
+from shared.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meterway", description="Metered LLM API gateway")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    serve = sub.add_parser("serve", help="run one proxy instance")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("worker", help="run one metering worker")
+    dash = sub.add_parser("dashboard", help="run the dashboard")
+    dash.add_argument("--port", type=int)
+    sub.add_parser("dev", help="migrate, then proxy + worker (+ simulator) for local use")
+    mock = sub.add_parser("mock-upstream", help="run the OpenAI/Anthropic upstream simulator")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9100)
+    mock.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    sub.add_parser("reconcile", help="check ledger, usage and Redis balances; non-zero on drift")
+
+    user = sub.add_parser("user", help="create or change users").add_subparsers(
+        dest="action", required=True
+    )
+    create = user.add_parser("create")
+    create.add_argument("email")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--password")
+    create.add_argument("--rate-multiplier")
+    uset = user.add_parser("set")
+    uset.add_argument("email")
+    uset.add_argument("--rate-multiplier")
+    uset.add_argument("--daily-alert-usd")
+    uset.add_argument("--low-balance-usd")
+    uset.add_argument("--disabled", choices=["true", "false"])
+
+    credits = sub.add_parser("credits", help="add or remove credit").add_subparsers(
+        dest="action", required=True
+    )
+    add = credits.add_parser("add")
+    add.add_argument("email")
+    add.add_argument("amount_usd")
+    add.add_argument("--note")
+
+    key = sub.add_parser("key", help="proxy API keys").add_subparsers(dest="action", required=True)
+    kc = key.add_parser("create")
+    kc.add_argument("email")
+    kc.add_argument("--name", default="")
+    kc.add_argument("--rpm", type=int)
+    kc.add_argument("--tpm", type=int)
+    kl = key.add_parser("list")
+    kl.add_argument("email")
+    kl.add_argument("--json", action="store_true")
+    key.add_parser("revoke").add_argument("key_or_id")
+
+    pkey = sub.add_parser("provider-key", help="upstream provider keys").add_subparsers(
+        dest="action", required=True
+    )
+    pa = pkey.add_parser("add")
+    pa.add_argument("provider")
+    pa.add_argument("secret")
+    pa.add_argument("--name", default="")
+    pl = pkey.add_parser("list")
+    pl.add_argument("provider", nargs="?")
+    pl.add_argument("--json", action="store_true")
+    for action in ("disable", "enable", "remove"):
+        pkey.add_parser(action).add_argument("id", type=int)
+
+    prov = sub.add_parser("provider", help="pause, resume, thresholds").add_subparsers(
+        dest="action", required=True
+    )
+    prov.add_parser("pause").add_argument("provider")
+    prov.add_parser("resume").add_argument("provider")
+    ps = prov.add_parser("set")
+    ps.add_argument("provider")
+    ps.add_argument("--warn-usd")
+    ps.add_argument("--stop-usd")
+    prov.add_parser("list").add_argument("--json", action="store_true")
+    return p
+
+
+def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]]:
+    from meterway.commands import accounts, providers, reconcile
+
+    table: dict[tuple[str, str | None], Callable[[Context], Awaitable[None]]] = {
+        ("user", "create"): lambda c: accounts.user_create(
+            c, a.email, a.admin, a.password, a.rate_multiplier
+        ),
+        ("user", "set"): lambda c: accounts.user_set(
+            c,
+            a.email,
+            rate_multiplier=a.rate_multiplier,
+            daily_alert_usd=a.daily_alert_usd,
+            low_balance_usd=a.low_balance_usd,
+            disabled=a.disabled,
+        ),
+        ("credits", "add"): lambda c: accounts.credits_add(c, a.email, a.amount_usd, a.note),
+        ("key", "create"): lambda c: accounts.key_create(c, a.email, a.name, a.rpm, a.tpm),
+        ("key", "list"): lambda c: accounts.key_list(c, a.email, a.json),
+        ("key", "revoke"): lambda c: accounts.key_revoke(c, a.key_or_id),
+        ("provider-key", "add"): lambda c: providers.key_add(c, a.provider, a.secret, a.name),
+        ("provider-key", "list"): lambda c: providers.key_list(c, a.provider, a.json),
+        ("provider-key", "disable"): lambda c: providers.key_set_status(c, a.id, "disabled"),
+        ("provider-key", "enable"): lambda c: providers.key_set_status(c, a.id, "active"),
+        ("provider-key", "remove"): lambda c: providers.key_remove(c, a.id),
+        ("provider", "pause"): lambda c: providers.pause(c, a.provider, True),
+        ("provider", "resume"): lambda c: providers.pause(c, a.provider, False),
+        ("provider", "set"): lambda c: providers.set_thresholds(
+            c, a.provider, a.warn_usd, a.stop_usd
+        ),
+        ("provider", "list"): lambda c: providers.provider_list(c, a.json),
+        ("reconcile", None): reconcile.run,
+    }
+    return table[(a.command, getattr(a, "action", None))]
+
+
+async def _run_admin(settings: Settings, command: Callable[[Context], Awaitable[None]]) -> None:
+    async with open_context(settings) as ctx:
+        await command(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging()
+    try:
+        settings = get_settings()
+        return _dispatch(args, settings)
+    except CommandError as exc:
+        print(f"meterway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"meterway: {message}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "migrate":
+        from shared.db.migrate import migrate
+
+        applied = asyncio.run(migrate(settings.database_url))
+        print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+        return 0
+    if args.command == "serve":
+        from proxy.app import run
+
+        run(settings, args.host or settings.proxy_host, args.port or settings.proxy_port)
+        return 0
+    if args.command == "worker":
+        from worker.main import run as run_worker
+
+        run_worker(settings)
+        return 0
+    if args.command == "dashboard":
+        raise CommandError("the dashboard is not built yet (see the dashboard issue)")
+    if args.command == "dev":
+        from meterway.dev import run_dev
+
+        asyncio.run(run_dev(settings))
+        return 0
+    if args.command == "mock-upstream":
+        from simulator.app import run as run_simulator
+
+        print(f"upstream simulator on http://{args.host}:{args.port}", flush=True)
+        run_simulator(args.host, args.port, chunk_delay_ms=args.chunk_delay_ms)
+        return 0
+    asyncio.run(_run_admin(settings, _admin_command(args)))
+    return 0

@@ -1,0 +1,142 @@
+"""`meterway user ...`, `credits add`, `key ...`: users, balances, proxy keys."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+
+import asyncpg
+from argon2 import PasswordHasher
+
+from meterway.context import CommandError, Context
+from shared import invalidation
+from shared.db import api_keys, users
+from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
+from shared.money import usd_str
+
+
+def parse_usd(text: str, what: str = "amount") -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise CommandError(f"{what} must be a decimal number, got {text!r}") from exc
+    if not value.is_finite():
+        raise CommandError(f"{what} must be a finite number")
+    return value
+
+
+async def find_user(ctx: Context, email: str) -> users.User:
+    user = await users.by_email(ctx.pg, email)
+    if user is None:
+        raise CommandError(f"no user with email {email}")
+    return user
+
+
+async def user_create(
+    ctx: Context, email: str, admin: bool, password: str | None, rate: str | None
+) -> None:
+    if "@" not in email:
+        raise CommandError(f"not an email address: {email}")
+    rate_value = parse_usd(rate, "rate multiplier") if rate is not None else Decimal(1)
+    if rate_value < 0:
+        raise CommandError("rate multiplier must not be negative")
+    hashed = PasswordHasher().hash(password) if password else None
+    try:
+        user = await users.create(
+            ctx.pg, email, is_admin=admin, password_hash=hashed, rate_multiplier=rate_value
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise CommandError(f"a user with email {email} exists already") from exc
+    print(f"created user {user.id} {user.email}{' (admin)' if admin else ''}")
+
+
+async def user_set(ctx: Context, email: str, **changes: str | None) -> None:
+    user = await find_user(ctx, email)
+    fields: dict[str, object] = {}
+    for name in ("rate_multiplier", "daily_alert_usd", "low_balance_usd"):
+        if changes.get(name) is not None:
+            value = parse_usd(changes[name], name.replace("_", " "))
+            if value < 0:
+                raise CommandError(f"{name.replace('_', ' ')} must not be negative")
+            fields[name] = value
+    if changes.get("disabled") is not None:
+        if changes["disabled"] not in ("true", "false"):
+            raise CommandError("--disabled takes true or false")
+        fields["disabled"] = changes["disabled"] == "true"
+    if not fields:
+        raise CommandError("nothing to change: give at least one option")
+    await users.update(ctx.pg, user.id, **fields)
+    await ctx.notify(invalidation.user_message(user.id))
+    print(f"updated user {user.email}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+async def credits_add(ctx: Context, email: str, amount_text: str, note: str | None) -> None:
+    amount = parse_usd(amount_text)
+    user = await find_user(ctx, email)
+    kind = "topup" if amount >= 0 else "adjustment"
+    async with ctx.pg.transaction():
+        balance, version = await users.change_balance(
+            ctx.pg, user.id, amount, kind=kind, note=note or "meterway credits add"
+        )
+    await ctx.publish_balance(user.id, balance, version)
+    print(f"{user.email}: balance {usd_str(balance)} USD")
+
+
+async def key_create(ctx: Context, email: str, name: str, rpm: int | None, tpm: int | None) -> None:
+    user = await find_user(ctx, email)
+    for label, value in (("--rpm", rpm), ("--tpm", tpm)):
+        if value is not None and value <= 0:
+            raise CommandError(f"{label} must be a positive integer")
+    secret = new_proxy_key()
+    key = await api_keys.create(
+        ctx.pg,
+        user.id,
+        hash_proxy_key(secret),
+        visible_prefix(secret),
+        name=name,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+    )
+    print(f"created key {key.id} ({key.name or 'unnamed'}) for {user.email}; it is shown once:")
+    print(secret)
+
+
+async def key_list(ctx: Context, email: str, as_json: bool) -> None:
+    user = await find_user(ctx, email)
+    keys = await api_keys.list_for_user(ctx.pg, user.id)
+    rows = [
+        {
+            "id": k.id,
+            "name": k.name,
+            "prefix": k.prefix,
+            "created": k.created_at.isoformat(),
+            "last_used": k.last_used_at.isoformat() if k.last_used_at else None,
+            "revoked": k.revoked_at is not None,
+            "rpm": k.rpm_limit,
+            "tpm": k.tpm_limit,
+        }
+        for k in keys
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'id':>6}  {'name':<20} {'prefix':<12} {'created':<20} {'last used':<20} revoked")
+    for r in rows:
+        print(
+            f"{r['id']:>6}  {r['name'][:20]:<20} {r['prefix']:<12} {r['created'][:19]:<20}"
+            f" {(r['last_used'] or '-')[:19]:<20} {'yes' if r['revoked'] else 'no'}"
+        )
+
+
+async def key_revoke(ctx: Context, key_or_id: str) -> None:
+    if key_or_id.isdigit():
+        key_hash = await api_keys.hash_of(ctx.pg, int(key_or_id))
+        if key_hash is None:
+            raise CommandError(f"no key with id {key_or_id}")
+    else:
+        key_hash = hash_proxy_key(key_or_id)
+    key_id = await api_keys.revoke_by_hash(ctx.pg, key_hash)
+    if key_id is None:
+        raise CommandError("no such key")
+    await ctx.notify(invalidation.key_message(key_hash))
+    print(f"revoked key {key_id}")

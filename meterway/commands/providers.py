@@ -1,0 +1,115 @@
+"""`meterway provider ...` and `provider-key ...`: upstream providers and keys."""
+
+from __future__ import annotations
+
+import json
+
+from meterway.commands.accounts import parse_usd
+from meterway.context import CommandError, Context
+from shared import invalidation
+from shared.catalog import PROVIDERS
+from shared.db import providers as db
+from shared.db.usage import start_of_utc_day
+from shared.keys import SecretBox, visible_prefix
+from shared.money import usd_str
+
+
+def check_provider(name: str) -> str:
+    if name not in PROVIDERS:
+        raise CommandError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}")
+    return name
+
+
+async def key_add(ctx: Context, provider: str, secret: str, name: str) -> None:
+    check_provider(provider)
+    try:
+        box = SecretBox(ctx.settings.require_secret_key())
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from exc
+    key_id = await db.add_key(ctx.pg, provider, name, visible_prefix(secret), box.encrypt(secret))
+    await ctx.notify(invalidation.PROVIDERS_MESSAGE)
+    print(f"added {provider} key {key_id} ({visible_prefix(secret)}...)")
+
+
+async def key_list(ctx: Context, provider: str | None, as_json: bool) -> None:
+    if provider is not None:
+        check_provider(provider)
+    rows = [
+        {
+            "id": k.id,
+            "provider": k.provider,
+            "name": k.name,
+            "prefix": k.prefix,
+            "status": k.status,
+            "created": k.created_at.isoformat(),
+        }
+        for k in await db.list_keys(ctx.pg, provider)
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'id':>5}  {'provider':<10} {'name':<20} {'prefix':<12} status")
+    for r in rows:
+        name = r["name"][:20]
+        print(f"{r['id']:>5}  {r['provider']:<10} {name:<20} {r['prefix']:<12} {r['status']}")
+
+
+async def key_set_status(ctx: Context, key_id: int, status: str) -> None:
+    if not await db.set_key_status(ctx.pg, key_id, status, "set by operator"):
+        raise CommandError(f"no provider key with id {key_id}")
+    await ctx.notify(invalidation.PROVIDERS_MESSAGE)
+    print(f"provider key {key_id} {status}")
+
+
+async def key_remove(ctx: Context, key_id: int) -> None:
+    if not await db.remove_key(ctx.pg, key_id):
+        raise CommandError(f"no provider key with id {key_id}")
+    await ctx.notify(invalidation.PROVIDERS_MESSAGE)
+    print(f"provider key {key_id} removed")
+
+
+async def pause(ctx: Context, provider: str, paused: bool) -> None:
+    check_provider(provider)
+    await db.set_paused(ctx.pg, provider, paused, "paused by operator" if paused else None)
+    await ctx.notify(invalidation.PROVIDERS_MESSAGE)
+    print(f"{provider} {'paused' if paused else 'active'}")
+
+
+async def set_thresholds(ctx: Context, provider: str, warn: str | None, stop: str | None) -> None:
+    check_provider(provider)
+    if warn is None and stop is None:
+        raise CommandError("nothing to change: give --warn-usd and/or --stop-usd")
+    warn_usd = parse_usd(warn, "--warn-usd") if warn is not None else None
+    stop_usd = parse_usd(stop, "--stop-usd") if stop is not None else None
+    await db.set_thresholds(ctx.pg, provider, warn_usd=warn_usd, stop_usd=stop_usd)
+    await ctx.notify(invalidation.PROVIDERS_MESSAGE)
+    print(f"{provider}: thresholds updated")
+
+
+async def provider_list(ctx: Context, as_json: bool) -> None:
+    spend = dict(
+        await ctx.pg.fetch(
+            "SELECT provider, SUM(cost_usd) FROM usage_records WHERE settled_at >= $1"
+            " GROUP BY provider",
+            start_of_utc_day(),
+        )
+    )
+    rows = [
+        {
+            "provider": p.name,
+            "status": "paused" if p.paused else "active",
+            "warn_usd": usd_str(p.warn_usd) if p.warn_usd is not None else None,
+            "stop_usd": usd_str(p.stop_usd) if p.stop_usd is not None else None,
+            "spend_today_usd": usd_str(spend.get(p.name) or 0),
+        }
+        for p in await db.list_providers(ctx.pg)
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'provider':<10} {'status':<8} {'warn_usd':>10} {'stop_usd':>10} {'spend_today':>14}")
+    for r in rows:
+        print(
+            f"{r['provider']:<10} {r['status']:<8} {r['warn_usd'] or '-':>10}"
+            f" {r['stop_usd'] or '-':>10} {r['spend_today_usd']:>14}"
+        )

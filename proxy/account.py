@@ -1,0 +1,77 @@
+"""`/v1/account` and `/v1/account/usage`: the caller's balance and usage."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.errors import ProxyError
+from proxy.handlers import authenticate
+from proxy.state import GATEWAY
+from shared.db import usage as db_usage
+from shared.db import users as db_users
+from shared.money import units_to_usd, usd_str
+
+MAX_USAGE_LIMIT = 1000
+
+
+def _json(data: object, request_id: str) -> web.Response:
+    return web.json_response(data, headers={"x-request-id": request_id})
+
+
+async def account(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    request_id = request["request_id"]
+    owner = await authenticate(gw, request, allow_x_api_key=True)
+    user = await db_users.by_id(gw.pg, owner.user_id)
+    assert user is not None
+    held = units_to_usd(await gw.holds.view.held_units(owner.user_id))
+    spend_today = await db_usage.spend_since(gw.pg, user.id, db_usage.start_of_utc_day())
+    return _json(
+        {
+            "email": user.email,
+            "balance_usd": usd_str(user.balance_usd),
+            "held_usd": usd_str(held),
+            "available_usd": usd_str(user.balance_usd - held),
+            "spend_today_usd": usd_str(spend_today),
+        },
+        request_id,
+    )
+
+
+async def account_usage(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    request_id = request["request_id"]
+    owner = await authenticate(gw, request, allow_x_api_key=True)
+    limit = _limit(request.query.get("limit"))
+    rows = await db_usage.recent_for_user(gw.pg, owner.user_id, limit)
+    data = [
+        {
+            "request_id": r["request_id"],
+            "created_at": r["created_at"].isoformat(),
+            "provider": r["provider"],
+            "model": r["model"],
+            "endpoint": r["endpoint"],
+            "stream": r["stream"],
+            "input_tokens": r["input_tokens"],
+            "output_tokens": r["output_tokens"],
+            "cache_read_tokens": r["cache_read_tokens"],
+            "cache_write_tokens": r["cache_write_tokens"],
+            "cost_usd": usd_str(r["cost_usd"]),
+            "estimated": r["estimated"],
+            "status": r["status"],
+        }
+        for r in rows
+    ]
+    return _json({"data": data}, request_id)
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 50
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise ProxyError(400, "limit must be an integer from 1 to 1000") from exc
+    if not 1 <= limit <= MAX_USAGE_LIMIT:
+        raise ProxyError(400, "limit must be an integer from 1 to 1000")
+    return limit

@@ -1,0 +1,111 @@
+"""The proxy's aiohttp application: routes, start-up and shutdown. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from proxy import docs
+from proxy.account import account, account_usage
+from proxy.auth import KeyCache
+from proxy.handlers import llm_handler
+from proxy.holds import Holds
+from proxy.keypool import KeyPool
+from proxy.listener import listen_for_invalidations, refresh_periodically
+from proxy.metrics import Metrics
+from proxy.middleware import request_context
+from proxy.models import models_handler, not_found
+from proxy.providers import ADAPTERS
+from proxy.queue import UsageQueue
+from proxy.state import GATEWAY, Gateway
+from shared.balance_view import BalanceView
+from shared.catalog import load_catalog
+from shared.config import Settings
+from shared.db.pool import create_pool
+from shared.keys import SecretBox
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_request_bytes)
+    app["settings"] = settings
+    app.cleanup_ctx.append(_lifecycle)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
+    r = app.router
+    for (provider, endpoint), adapter in ADAPTERS.items():
+        r.add_post(f"/v1/{provider}/{endpoint}", llm_handler(adapter))
+        if provider == "anthropic":  # the path the Anthropic SDK calls
+            r.add_post(f"/v1/anthropic/v1/{endpoint}", llm_handler(adapter))
+    r.add_get("/v1/openai/models", models_handler("openai"))
+    r.add_get("/v1/anthropic/models", models_handler("anthropic"))
+    r.add_get("/v1/anthropic/v1/models", models_handler("anthropic"))
+    r.add_get("/v1/account", account)
+    r.add_get("/v1/account/usage", account_usage)
+    r.add_route("*", "/v1/{tail:.*}", not_found)
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/docs", docs.docs_page)
+    r.add_get("/docs/pricing", docs.pricing_page)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[GATEWAY].metrics.render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings: Settings = app["settings"]
+    catalog = load_catalog(settings.model_catalog)
+    redis = ArqRedis.from_url(settings.redis_url)
+    pg = await create_pool(settings.database_url, min_size=1, max_size=8)
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=settings.upstream_connect_timeout,
+        sock_read=settings.upstream_read_timeout,
+    )
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    http = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    box = SecretBox(settings.meterway_secret_key) if settings.meterway_secret_key else None
+    gw = Gateway(
+        settings=settings,
+        catalog=catalog,
+        redis=redis,
+        pg=pg,
+        http=http,
+        keys=KeyCache(pg),
+        holds=Holds(BalanceView(redis), pg, settings.hold_ttl_seconds),
+        pool=KeyPool(box),
+        queue=UsageQueue(redis, settings.queue_name),
+        metrics=Metrics(),
+    )
+    await gw.pool.load(pg)
+    app[GATEWAY] = gw
+    tasks = [
+        asyncio.create_task(listen_for_invalidations(gw, redis)),
+        asyncio.create_task(refresh_periodically(gw, every=10.0)),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await http.close()
+    await pg.close()
+    await redis.aclose()
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)

@@ -1,0 +1,93 @@
+"""Errors made by the proxy, in the caller's provider's own error format.
+
+The SDKs read these bodies to raise their typed exceptions, so the shape is
+the provider's: OpenAI `{"error": {...}}`, Anthropic `{"type": "error", ...}`.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+# Refusals that the SDKs' automatic retries cannot fix.
+_NO_RETRY = {400, 401, 402, 403, 404, 405, 413}
+
+
+class ProxyError(Exception):
+    """Raised anywhere on the request path; rendered by `error_response`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retry_after = retry_after
+        self.retryable = status not in _NO_RETRY if retryable is None else retryable
+
+
+def error_body(
+    provider: str, status: int, message: str, code: str | None, request_id: str
+) -> bytes:
+    if provider == "anthropic":
+        error_type = _ANTHROPIC_TYPES.get(status, "api_error")
+        return orjson.dumps(
+            {
+                "type": "error",
+                "error": {"type": error_type, "message": message},
+                "request_id": request_id,
+            }
+        )
+    error_type = _OPENAI_TYPES.get(status, "server_error")
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    )
+
+
+def error_response(provider: str, error: ProxyError, request_id: str) -> web.Response:
+    headers = {"x-request-id": request_id}
+    if error.retry_after is not None:
+        headers["retry-after"] = str(error.retry_after)
+    if not error.retryable:
+        headers["x-should-retry"] = "false"
+    return web.Response(
+        status=error.status,
+        body=error_body(provider, error.status, error.message, error.code, request_id),
+        content_type="application/json",
+        headers=headers,
+    )

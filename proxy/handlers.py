@@ -1,0 +1,154 @@
+"""The metered LLM endpoints: auth -> catalog -> hold -> relay -> enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import structlog
+from aiohttp import web
+
+from proxy.auth import presented_key
+from proxy.errors import ProxyError
+from proxy.providers import Adapter
+from proxy.relay import Relay, RelayResult
+from proxy.state import GATEWAY, Gateway
+from shared.catalog import ModelPrice
+from shared.db.api_keys import KeyOwner
+from shared.events import TokenUsage, UsageEvent
+from shared.money import units_ceil
+from shared.pricing import hold_usd
+
+log = structlog.get_logger("meterway.proxy")
+
+_ENQUEUE_ATTEMPTS = 5
+
+
+def prompt_estimate(raw: bytes) -> int:
+    """A deliberately generous prompt size: one token per four bytes of JSON."""
+    return len(raw) // 4 + 1
+
+
+async def authenticate(gw: Gateway, request: web.Request, *, allow_x_api_key: bool) -> KeyOwner:
+    key = presented_key(request, allow_x_api_key=allow_x_api_key)
+    if key is None:
+        raise ProxyError(401, "Missing API key: send 'Authorization: Bearer <key>'")
+    owner = await gw.keys.lookup(key)
+    if owner is None:
+        raise ProxyError(401, "Invalid API key", code="invalid_api_key")
+    return owner
+
+
+async def read_json(gw: Gateway, request: web.Request) -> tuple[dict, bytes]:
+    limit = gw.settings.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ProxyError(413, f"Request body is larger than {limit} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ProxyError(413, f"Request body is larger than {limit} bytes") from exc
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"Malformed JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProxyError(400, "The request body must be a JSON object")
+    return body, raw
+
+
+def priced_model(gw: Gateway, adapter: Adapter, body: dict) -> tuple[str, ModelPrice]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "Missing 'model' in the request body", code="model_required")
+    price = gw.catalog.get(model)
+    if price is None or price.provider != adapter.provider:
+        raise ProxyError(400, f"Unknown model pricing: {model}", code="model_not_found")
+    return model, price
+
+
+def check_provider(gw: Gateway, provider: str) -> None:
+    if gw.pool.is_paused(provider):
+        raise ProxyError(
+            429, f"Provider {provider} is paused", code="provider_paused", retryable=False
+        )
+    if not gw.pool.has_keys(provider):
+        raise ProxyError(503, "No active API keys", code="no_active_keys", retryable=False)
+
+
+def billed_usage(result: RelayResult, prompt_tokens: int) -> tuple[TokenUsage, bool]:
+    """The usage to bill and whether it is an estimate."""
+    usage = result.usage
+    if usage is not None and result.usage_final:
+        return usage, False
+    if usage is not None:  # input known exactly, output still counting
+        output = max(usage.output_tokens, result.output_estimate)
+        return usage.model_copy(update={"output_tokens": output}), True
+    return TokenUsage(
+        uncached_input_tokens=prompt_tokens, output_tokens=result.output_estimate
+    ), True
+
+
+def llm_handler(adapter: Adapter):
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _serve(request.app[GATEWAY], request, adapter, request["request_id"])
+
+    return handle
+
+
+async def _serve(
+    gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
+) -> web.StreamResponse:
+    owner = await authenticate(gw, request, allow_x_api_key=adapter.provider == "anthropic")
+    body, raw = await read_json(gw, request)
+    model, price = priced_model(gw, adapter, body)
+    check_provider(gw, adapter.provider)
+
+    prompt_tokens = prompt_estimate(raw)
+    output_cap = adapter.output_cap(body) or price.max_output_tokens
+    hold_units = units_ceil(hold_usd(prompt_tokens, output_cap, price, owner.rate_multiplier))
+    if not await gw.holds.place(owner.user_id, request_id, hold_units):
+        raise ProxyError(402, "Insufficient credit balance", code="insufficient_balance")
+
+    try:
+        prepared = adapter.prepare(body, raw)
+        result = await Relay(gw, request, adapter, prepared, request_id).run()
+    except BaseException:
+        await asyncio.shield(gw.holds.release(owner.user_id, request_id))
+        raise
+    if not result.billable:
+        await gw.holds.release(owner.user_id, request_id)
+        return result.response
+
+    usage, estimated = billed_usage(result, prompt_tokens)
+    if estimated:
+        gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
+    event = UsageEvent(
+        request_id=request_id,
+        user_id=owner.user_id,
+        api_key_id=owner.api_key_id,
+        provider=adapter.provider,
+        provider_key_id=result.provider_key_id,
+        model=model,
+        endpoint=adapter.endpoint,
+        stream=prepared.stream,
+        usage=usage,
+        estimated=estimated,
+        hold_units=hold_units,
+        outcome=result.outcome,
+        upstream_request_id=result.upstream_request_id,
+    )
+    await asyncio.shield(enqueue(gw, event))
+    return result.response
+
+
+async def enqueue(gw: Gateway, event: UsageEvent) -> None:
+    """Enqueue with a few quick retries; a failure is logged loudly, never silent."""
+    for attempt in range(_ENQUEUE_ATTEMPTS):
+        try:
+            await gw.queue.enqueue(event)
+            return
+        except Exception as exc:  # Redis hiccup: try again shortly
+            gw.metrics.inc("meterway_enqueue_failures_total")
+            log.warning("enqueue_failed", attempt=attempt + 1, error=str(exc))
+            await asyncio.sleep(0.05 * 2**attempt)
+    log.error("usage_event_lost", event=event.to_json())

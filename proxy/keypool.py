@@ -1,0 +1,92 @@
+"""The upstream key pool: which provider key serves the next request.
+
+The proxy keeps a snapshot of provider state (paused or not) and the active,
+decrypted provider keys in process. It is reloaded from Postgres when an
+invalidation message arrives and every `refresh_seconds` as a safety net.
+Keys are taken round-robin; a key that got a 429 cools down for the time the
+provider asked; a key that got 401/403 is disabled in Postgres.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from shared.db import providers as db_providers
+from shared.db.users import Conn
+from shared.keys import SecretBox
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamKey:
+    id: int
+    provider: str
+    secret: str = field(repr=False)
+    prefix: str = ""
+
+
+class NoActiveKey(Exception):
+    """No usable key: all disabled/removed (`cooling` False) or all cooling down."""
+
+    def __init__(self, cooling_for: float | None = None) -> None:
+        super().__init__("no active key")
+        self.cooling_for = cooling_for
+
+
+class KeyPool:
+    def __init__(self, box: SecretBox | None) -> None:
+        self._box = box
+        self._keys: dict[str, list[UpstreamKey]] = {}
+        self._paused: dict[str, bool] = {}
+        self._cooling_until: dict[int, float] = {}
+        self._turn = itertools.count()
+        self.loaded_at = 0.0
+
+    async def load(self, conn: Conn) -> None:
+        """Replace the snapshot with what Postgres says now."""
+        rows = await db_providers.list_providers(conn)
+        keys: dict[str, list[UpstreamKey]] = {}
+        for row in await db_providers.list_keys(conn):
+            if row.status != "active" or self._box is None:
+                continue
+            secret = self._box.decrypt(row.secret_enc)
+            keys.setdefault(row.provider, []).append(
+                UpstreamKey(row.id, row.provider, secret, row.prefix)
+            )
+        self._paused = {row.name: row.paused for row in rows}
+        self._keys = keys
+        self.loaded_at = time.monotonic()
+
+    def is_paused(self, provider: str) -> bool:
+        return self._paused.get(provider, False)
+
+    def has_keys(self, provider: str) -> bool:
+        return bool(self._keys.get(provider))
+
+    def choose(self, provider: str, exclude: frozenset[int] = frozenset()) -> UpstreamKey:
+        """The next active key not in `exclude` and not cooling down."""
+        candidates = [k for k in self._keys.get(provider, ()) if k.id not in exclude]
+        if not candidates:
+            raise NoActiveKey()
+        now = time.monotonic()
+        start = next(self._turn)
+        for offset in range(len(candidates)):
+            key = candidates[(start + offset) % len(candidates)]
+            if self._cooling_until.get(key.id, 0.0) <= now:
+                return key
+        soonest = min(self._cooling_until.get(k.id, now) for k in candidates)
+        raise NoActiveKey(cooling_for=max(soonest - now, 0.0))
+
+    def cool_down(self, key_id: int, seconds: float) -> None:
+        self._cooling_until[key_id] = time.monotonic() + seconds
+
+    def drop(self, key_id: int) -> None:
+        """Stop using a key at once (it was disabled after a 401/403)."""
+        self._keys = {
+            provider: [k for k in keys if k.id != key_id] for provider, keys in self._keys.items()
+        }
+
+    def status_of(self, key_id: int) -> str:
+        until = self._cooling_until.get(key_id)
+        return "cooling" if until and until > time.monotonic() else "active"

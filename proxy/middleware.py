@@ -1,0 +1,46 @@
+"""Per-request context on `/v1/`: one request id, structured logs, error format."""
+
+from __future__ import annotations
+
+import os
+
+import structlog
+from aiohttp import web
+
+from proxy.errors import ProxyError, error_response
+from proxy.state import GATEWAY
+
+log = structlog.get_logger("meterway.proxy")
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def provider_of(path: str) -> str:
+    return "anthropic" if path.startswith("/v1/anthropic") else "openai"
+
+
+@web.middleware
+async def request_context(request: web.Request, handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    request_id = new_request_id()
+    request["request_id"] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    provider = provider_of(request.path)
+    metrics = request.app[GATEWAY].metrics
+    try:
+        response = await handler(request)
+    except ProxyError as error:
+        response = error_response(provider, error, request_id)
+    except web.HTTPException as exc:  # aiohttp's own 404/405/413
+        error = ProxyError(exc.status, exc.reason)
+        response = error_response(provider, error, request_id)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        response = error_response(provider, ProxyError(500, "Internal proxy error"), request_id)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    metrics.inc("meterway_requests_total", provider=provider, status=str(response.status))
+    return response

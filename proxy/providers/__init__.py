@@ -1,0 +1,16 @@
+"""One adapter per provider endpoint; each wire format is known only here."""
+
+from __future__ import annotations
+
+from proxy.providers.anthropic_messages import AnthropicMessages
+from proxy.providers.base import Adapter, PreparedBody
+from proxy.providers.openai_chat import OpenAIChat
+from proxy.providers.openai_responses import OpenAIResponses
+
+ADAPTERS: dict[tuple[str, str], Adapter] = {
+    ("openai", "chat/completions"): OpenAIChat(),
+    ("openai", "responses"): OpenAIResponses(),
+    ("anthropic", "messages"): AnthropicMessages(),
+}
+
+__all__ = ["ADAPTERS", "Adapter", "PreparedBody"]

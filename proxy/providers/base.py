@@ -1,0 +1,43 @@
+"""What every provider adapter offers the relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.providers.sse import StreamScanner
+from shared.catalog import Provider
+from shared.events import TokenUsage
+
+
+@dataclass(slots=True)
+class PreparedBody:
+    """The body to send upstream and how to read the answer."""
+
+    body: bytes
+    stream: bool
+    hide_usage_chunk: bool = False
+
+
+class Adapter(Protocol):
+    provider: Provider
+    endpoint: str
+
+    def output_cap(self, request: dict) -> int | None:
+        """The request's own output cap, or None when it sets none."""
+
+    def prepare(self, request: dict, raw: bytes) -> PreparedBody:
+        """Tweak the request where metering needs it (e.g. ask for stream usage)."""
+
+    def usage_from_body(self, body: dict) -> TokenUsage | None:
+        """Usage of a non-streaming answer, or None when it carries none."""
+
+    def scanner(self, prepared: PreparedBody) -> StreamScanner:
+        """A fresh scanner for one streamed answer."""
+
+
+def int_field(data: dict | None, name: str) -> int:
+    if not data:
+        return 0
+    value = data.get(name)
+    return value if isinstance(value, int) and value > 0 else 0

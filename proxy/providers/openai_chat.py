@@ -1,0 +1,72 @@
+"""OpenAI Chat Completions: `POST /chat/completions`."""
+
+from __future__ import annotations
+
+import orjson
+
+from proxy.providers.base import PreparedBody, int_field
+from proxy.providers.sse import StreamScanner, event_json
+from shared.events import TokenUsage
+
+
+def usage_from_openai(usage: dict | None, input_name: str, output_name: str) -> TokenUsage | None:
+    """Chat (`prompt_tokens`) and Responses (`input_tokens`) usage objects."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get(f"{input_name.split('_')[0]}_tokens_details")
+    prompt = int_field(usage, input_name)
+    cached = min(int_field(details, "cached_tokens"), prompt)
+    return TokenUsage(
+        uncached_input_tokens=prompt - cached,
+        cache_read_tokens=cached,
+        output_tokens=int_field(usage, output_name),
+    )
+
+
+class ChatScanner(StreamScanner):
+    def on_event(self, event: bytes) -> bool:
+        if b"[DONE]" in event:
+            self.complete = True
+            return True
+        if b'"usage"' in event and b'"usage":null' not in event:
+            data = event_json(event)
+            if data is not None:
+                if "error" in data and "choices" not in data:
+                    self.error_event = True
+                    return True
+                usage = usage_from_openai(data.get("usage"), "prompt_tokens", "completion_tokens")
+                if usage is not None:
+                    self.usage = usage
+                    if self.filtering and data.get("choices") == []:
+                        return False
+            return True
+        if b'"delta"' in event:
+            self.deltas += 1
+        elif b'"error"' in event:
+            self.error_event = True
+        return True
+
+
+class OpenAIChat:
+    provider = "openai"
+    endpoint = "chat/completions"
+
+    def output_cap(self, request: dict) -> int | None:
+        cap = request.get("max_completion_tokens") or request.get("max_tokens")
+        return cap if isinstance(cap, int) and cap > 0 else None
+
+    def prepare(self, request: dict, raw: bytes) -> PreparedBody:
+        if request.get("stream") is not True:
+            return PreparedBody(raw, stream=False)
+        options = request.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return PreparedBody(raw, stream=True)
+        tweaked = dict(request)
+        tweaked["stream_options"] = {**(options or {}), "include_usage": True}
+        return PreparedBody(orjson.dumps(tweaked), stream=True, hide_usage_chunk=True)
+
+    def usage_from_body(self, body: dict) -> TokenUsage | None:
+        return usage_from_openai(body.get("usage"), "prompt_tokens", "completion_tokens")
+
+    def scanner(self, prepared: PreparedBody) -> StreamScanner:
+        return ChatScanner(filtering=prepared.hide_usage_chunk)

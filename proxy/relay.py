@@ -1,0 +1,284 @@
+"""Forward one request upstream and stream the answer back, never buffered.
+
+Picks a provider key from the pool, retries on another key where the contract
+says so (401/403 disables the key; 429, 5xx or a connection failure before the
+first byte is retried once), then passes the answer through unchanged: same
+status, same JSON body, same SSE bytes flushed as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+
+from proxy.errors import ProxyError
+from proxy.keypool import NoActiveKey, UpstreamKey
+from proxy.providers import Adapter, PreparedBody
+from proxy.providers.sse import StreamScanner
+from proxy.state import Gateway
+from shared import invalidation
+from shared.db import providers as db_providers
+from shared.events import TokenUsage
+
+log = structlog.get_logger("meterway.relay")
+
+# Client headers never sent upstream (auth, hop-by-hop, recomputed ones).
+_DROP_REQUEST_HEADERS = frozenset(
+    {
+        "host",
+        "authorization",
+        "x-api-key",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "cookie",
+        "accept-encoding",
+    }
+)
+_COOLDOWN_DEFAULT_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class RelayResult:
+    """How the upstream exchange ended, for billing."""
+
+    response: web.StreamResponse
+    billable: bool
+    usage: TokenUsage | None = None
+    usage_final: bool = False
+    output_estimate: int = 0
+    provider_key_id: int | None = None
+    upstream_request_id: str | None = None
+    outcome: str = "completed"
+
+
+def upstream_headers(request: web.Request, key: UpstreamKey) -> dict[str, str]:
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name.lower() not in _DROP_REQUEST_HEADERS
+    }
+    headers["Content-Type"] = "application/json"
+    if key.provider == "anthropic":
+        headers["x-api-key"] = key.secret
+    else:
+        headers["Authorization"] = f"Bearer {key.secret}"
+    return headers
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    try:
+        return max(float(response.headers.get("retry-after", "")), 0.5)
+    except ValueError:
+        return _COOLDOWN_DEFAULT_SECONDS
+
+
+def _upstream_id(response: aiohttp.ClientResponse) -> str | None:
+    return response.headers.get("x-request-id") or response.headers.get("request-id")
+
+
+def _answer_headers(response: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {"x-request-id": request_id}
+    upstream_id = _upstream_id(response)
+    if upstream_id:
+        headers["x-upstream-request-id"] = upstream_id
+    if "retry-after" in response.headers:
+        headers["retry-after"] = response.headers["retry-after"]
+    return headers
+
+
+class Relay:
+    def __init__(
+        self,
+        gw: Gateway,
+        request: web.Request,
+        adapter: Adapter,
+        prepared: PreparedBody,
+        request_id: str,
+    ) -> None:
+        self.gw = gw
+        self.request = request
+        self.adapter = adapter
+        self.prepared = prepared
+        self.request_id = request_id
+        self.url = f"{gw.settings.upstream_base_url(adapter.provider)}/{adapter.endpoint}"
+
+    async def run(self) -> RelayResult:
+        response, key = await self._send_with_failover()
+        if response.status >= 400:
+            body = await response.read()
+            response.release()
+            answer = web.Response(
+                status=response.status,
+                body=body,
+                content_type=response.content_type,
+                headers=_answer_headers(response, self.request_id),
+            )
+            return RelayResult(answer, billable=False, provider_key_id=key.id)
+        if self.prepared.stream:
+            return await self._stream(response, key)
+        return await self._whole(response, key)
+
+    async def _send_with_failover(self) -> tuple[aiohttp.ClientResponse, UpstreamKey]:
+        provider = self.adapter.provider
+        tried: set[int] = set()
+        retried = False
+        while True:
+            key = self._choose(provider, frozenset(tried))
+            tried.add(key.id)
+            try:
+                response = await self.gw.http.post(
+                    self.url, data=self.prepared.body, headers=upstream_headers(self.request, key)
+                )
+            except TimeoutError as exc:
+                raise ProxyError(504, "Upstream timed out") from exc
+            except aiohttp.ClientError as exc:
+                if not retried and self._another_key(provider, tried):
+                    retried = True
+                    self._count_retry(provider, key, "connect")
+                    continue
+                raise ProxyError(502, "Upstream unreachable") from exc
+            if response.status in (401, 403):
+                response.release()
+                await self._disable(key, response.status)
+                continue
+            if response.status == 429:
+                self.gw.pool.cool_down(key.id, _retry_after(response))
+            if response.status == 429 or response.status >= 500:
+                if not retried and self._another_key(provider, tried):
+                    response.release()
+                    retried = True
+                    self._count_retry(provider, key, str(response.status))
+                    continue
+            return response, key
+
+    def _choose(self, provider: str, exclude: frozenset[int]) -> UpstreamKey:
+        try:
+            return self.gw.pool.choose(provider, exclude)
+        except NoActiveKey as exc:
+            if exc.cooling_for is not None:
+                raise ProxyError(
+                    429,
+                    f"Every {provider} key is cooling down after upstream rate limits",
+                    retry_after=max(1, round(exc.cooling_for)),
+                ) from exc
+            raise ProxyError(503, "No active API keys", code="no_active_keys") from exc
+
+    def _another_key(self, provider: str, tried: set[int]) -> bool:
+        try:
+            self.gw.pool.choose(provider, frozenset(tried))
+        except NoActiveKey:
+            return False
+        return True
+
+    def _count_retry(self, provider: str, key: UpstreamKey, reason: str) -> None:
+        self.gw.metrics.inc("meterway_upstream_retries_total", provider=provider, reason=reason)
+        log.warning("upstream_retry", provider=provider, key_prefix=key.prefix, reason=reason)
+
+    async def _disable(self, key: UpstreamKey, status: int) -> None:
+        self.gw.pool.drop(key.id)
+        self.gw.metrics.inc("meterway_provider_keys_disabled_total", provider=key.provider)
+        log.error(
+            "provider_key_disabled", provider=key.provider, key_prefix=key.prefix, status=status
+        )
+        reason = f"upstream answered {status}"
+        await db_providers.set_key_status(self.gw.pg, key.id, "disabled", reason)
+        await invalidation.publish(self.gw.redis, invalidation.PROVIDERS_MESSAGE)
+
+    async def _whole(self, response: aiohttp.ClientResponse, key: UpstreamKey) -> RelayResult:
+        try:
+            body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ProxyError(502, "Upstream connection broke") from exc
+        finally:
+            response.release()
+        usage = None
+        with contextlib.suppress(orjson.JSONDecodeError):
+            parsed = orjson.loads(body)
+            if isinstance(parsed, dict):
+                usage = self.adapter.usage_from_body(parsed)
+        answer = web.Response(
+            status=response.status,
+            body=body,
+            content_type=response.content_type,
+            headers=_answer_headers(response, self.request_id),
+        )
+        return RelayResult(
+            answer,
+            billable=True,
+            usage=usage,
+            usage_final=usage is not None,
+            output_estimate=len(body) // 4,
+            provider_key_id=key.id,
+            upstream_request_id=_upstream_id(response),
+        )
+
+    async def _stream(self, response: aiohttp.ClientResponse, key: UpstreamKey) -> RelayResult:
+        scanner = self.adapter.scanner(self.prepared)
+        answer = web.StreamResponse(
+            status=response.status, headers=_answer_headers(response, self.request_id)
+        )
+        answer.content_type = response.content_type or "text/event-stream"
+        answer.headers["Cache-Control"] = "no-cache"
+        await answer.prepare(self.request)
+        outcome = "completed"
+        try:
+            async for chunk in response.content.iter_any():
+                out = scanner.feed(chunk)
+                if out:
+                    await answer.write(out)
+            rest = scanner.finish()
+            if rest:
+                await answer.write(rest)
+            if not scanner.complete and not scanner.error_event:
+                outcome = "upstream_truncated"
+        except (ConnectionResetError, asyncio.CancelledError):
+            outcome = "client_disconnected"
+            response.close()  # stop generation upstream at once
+        except (aiohttp.ClientError, TimeoutError):
+            outcome = "upstream_broken"
+            await self._end_broken_stream(answer, scanner)
+        finally:
+            response.release()
+        if outcome == "completed" and scanner.error_event:
+            outcome = "upstream_error_event"
+        if outcome != "client_disconnected":
+            with contextlib.suppress(ConnectionResetError):
+                await answer.write_eof()
+        return RelayResult(
+            answer,
+            billable=True,
+            usage=scanner.usage,
+            usage_final=scanner.complete or self.adapter.provider == "openai",
+            output_estimate=scanner.deltas,
+            provider_key_id=key.id,
+            upstream_request_id=_upstream_id(response),
+            outcome=outcome,
+        )
+
+    async def _end_broken_stream(self, answer: web.StreamResponse, scanner: StreamScanner) -> None:
+        """Tell the client the stream ended badly, in the provider's own way."""
+        message = "Upstream stream ended unexpectedly"
+        if self.adapter.provider == "anthropic":
+            payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+            event = b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+        elif self.adapter.endpoint == "responses":
+            payload = {"type": "error", "code": "upstream_error", "message": message, "param": None}
+            event = b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+        else:
+            payload = {"error": {"message": message, "type": "server_error", "code": None}}
+            event = b"data: " + orjson.dumps(payload) + b"\n\n"
+        with contextlib.suppress(ConnectionResetError):
+            await answer.write(scanner.finish() + event)

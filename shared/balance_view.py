@@ -1,0 +1,113 @@
+"""The Redis view of balances and holds, and the Lua scripts that change it.
+
+Postgres is the source of truth. Redis keeps, per user, the settled balance in
+integer nano-USD with the Postgres `balance_version` it came from, the total
+held, and one entry per open hold with its expiry. Every change is one Lua
+script, so a hold is placed against `available = balance - holds` atomically.
+Integers are passed to Redis as strings and changed with HINCRBY, never
+formatted by Lua (whose number-to-string conversion loses digits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from redis.asyncio import Redis
+
+from shared import redis_keys
+from shared.money import units_floor
+
+# KEYS: bal, holds, holdexp. ARGV: request id, units, ttl ms.
+# Returns {status, available}: 1 placed, 0 does not fit, -1 no balance view.
+_HOLD = """
+local units = redis.call('HGET', KEYS[1], 'units')
+if not units then return {-1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)
+for _, rid in ipairs(expired) do
+  local amount = redis.call('HGET', KEYS[2], rid)
+  if amount then
+    redis.call('HDEL', KEYS[2], rid)
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+  end
+  redis.call('ZREM', KEYS[3], rid)
+end
+local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+local available = tonumber(units) - held
+if tonumber(ARGV[2]) > available then return {0, available} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
+return {1, available - tonumber(ARGV[2])}
+"""
+
+# KEYS: bal, holds, holdexp. ARGV: request id. Returns the released units or nil.
+_RELEASE = """
+local amount = redis.call('HGET', KEYS[2], ARGV[1])
+if amount then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return amount
+"""
+
+# KEYS: bal, holds, holdexp. ARGV: units, version, request id to release or ''.
+# Sets the balance only when the version is newer than the one held.
+_PUBLISH = """
+if ARGV[3] ~= '' then
+  local amount = redis.call('HGET', KEYS[2], ARGV[3])
+  if amount then
+    redis.call('HDEL', KEYS[2], ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+  end
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if ver and tonumber(ver) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'units', ARGV[1], 'ver', ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    placed: bool
+    missing_view: bool
+    available_units: int
+
+
+class BalanceView:
+    """Registers the scripts once per client; each call is one EVALSHA."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._hold = redis.register_script(_HOLD)
+        self._release = redis.register_script(_RELEASE)
+        self._publish = redis.register_script(_PUBLISH)
+        self._redis = redis
+
+    async def hold(self, user_id: int, request_id: str, units: int, ttl_ms: int) -> HoldResult:
+        status, available = await self._hold(
+            keys=redis_keys.user_keys(user_id), args=[request_id, str(units), str(ttl_ms)]
+        )
+        return HoldResult(status == 1, status == -1, int(available))
+
+    async def release(self, user_id: int, request_id: str) -> int:
+        amount = await self._release(keys=redis_keys.user_keys(user_id), args=[request_id])
+        return int(amount) if amount is not None else 0
+
+    async def publish(
+        self, user_id: int, balance_usd: Decimal, version: int, release_request_id: str = ""
+    ) -> bool:
+        """Store Postgres' balance (if newer than the view) and release a hold."""
+        changed = await self._publish(
+            keys=redis_keys.user_keys(user_id),
+            args=[str(units_floor(balance_usd)), str(version), release_request_id],
+        )
+        return bool(changed)
+
+    async def held_units(self, user_id: int) -> int:
+        value = await self._redis.hget(redis_keys.balance(user_id), "held")
+        return int(value or 0)

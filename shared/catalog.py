@@ -1,0 +1,81 @@
+"""The model catalog: load, validate, look up. Numbers are exact decimals."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Provider = Literal["openai", "anthropic"]
+PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic")
+
+
+class ModelPrice(BaseModel):
+    """One catalog entry. A missing cache price means the input price."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    provider: Provider
+    input_per_mtok: Decimal = Field(ge=0)
+    output_per_mtok: Decimal = Field(ge=0)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h_per_mtok: Decimal | None = Field(default=None, ge=0)
+    multiplier: Decimal = Field(default=Decimal(1), ge=0)
+    max_output_tokens: int = Field(default=4096, gt=0)
+
+    @field_validator(
+        "input_per_mtok",
+        "output_per_mtok",
+        "cache_read_per_mtok",
+        "cache_write_per_mtok",
+        "cache_write_1h_per_mtok",
+        "multiplier",
+        mode="before",
+    )
+    @classmethod
+    def _exact(cls, value: object) -> object:
+        # json.load(parse_float=Decimal) already gives Decimals; guard floats anyway.
+        return Decimal(repr(value)) if isinstance(value, float) else value
+
+    @property
+    def cache_read(self) -> Decimal:
+        return self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok
+
+    @property
+    def cache_write(self) -> Decimal:
+        if self.cache_write_per_mtok is None:
+            return self.input_per_mtok
+        return self.cache_write_per_mtok
+
+    @property
+    def cache_write_1h(self) -> Decimal:
+        if self.cache_write_1h_per_mtok is None:
+            return self.input_per_mtok
+        return self.cache_write_1h_per_mtok
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    currency: Literal["USD"] = "USD"
+    models: dict[str, ModelPrice]
+
+    def get(self, model: str) -> ModelPrice | None:
+        return self.models.get(model)
+
+    def for_provider(self, provider: str) -> dict[str, ModelPrice]:
+        return {name: m for name, m in self.models.items() if m.provider == provider}
+
+
+def load_catalog(path: Path | str) -> Catalog:
+    """Read and validate the catalog; raises ValueError with the file name on error."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+        return Catalog.model_validate(raw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model catalog {path}: {exc}") from exc

@@ -1,0 +1,58 @@
+"""Settings from the environment (and an optional `.env`), one object."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = "postgresql://localhost:5432/meterway"
+    redis_url: str = "redis://localhost:6379/0"
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 8000
+    dashboard_port: int = 8001
+    upstream_openai_base_url: str = "https://api.openai.com/v1"
+    upstream_anthropic_base_url: str = "https://api.anthropic.com/v1"
+    model_catalog: Path = REPO_ROOT / "model_catalog.json"
+    meterway_secret_key: str | None = None
+    max_request_bytes: int = 33_554_432
+    smtp_url: str | None = None
+    alert_from: str = "meterway@localhost"
+    alert_operator_emails: str = ""
+
+    # Operational knobs beyond the contract (documented in the README).
+    hold_ttl_seconds: int = Field(default=900, ge=30)
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    settle_job_timeout: int = 20
+    queue_name: str = "meterway:queue"
+
+    @field_validator("meterway_secret_key")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("METERWAY_SECRET_KEY must be at least 32 characters")
+        return value
+
+    def upstream_base_url(self, provider: str) -> str:
+        if provider == "openai":
+            return self.upstream_openai_base_url.rstrip("/")
+        return self.upstream_anthropic_base_url.rstrip("/")
+
+    def require_secret_key(self) -> str:
+        if not self.meterway_secret_key:
+            raise RuntimeError("METERWAY_SECRET_KEY is not set (at least 32 characters)")
+        return self.meterway_secret_key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

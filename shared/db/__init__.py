@@ -1,0 +1,1 @@
+"""Postgres access: the pool, migrations, and queries grouped by table."""

@@ -1,0 +1,65 @@
+"""The usage event: the one contract between proxy and worker.
+
+It travels through the queue as JSON. Token counts are integers; money is not
+in the event at all: the worker prices it from the catalog.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.catalog import Provider
+
+SETTLE_JOB = "settle_usage"
+"""The arq job name the proxy enqueues and the worker runs."""
+
+
+class TokenUsage(BaseModel):
+    """Token counts split the way the pricing formula needs them.
+
+    `cache_write_tokens` is every cache write; `cache_write_1h_tokens` is the
+    part of it that Anthropic priced as a 1-hour cache write.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    uncached_input_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    cache_write_1h_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def input_tokens(self) -> int:
+        """The whole input: uncached + cache read + cache write."""
+        return self.uncached_input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+class UsageEvent(BaseModel):
+    """What the proxy knows about one finished request that must be billed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    user_id: int
+    api_key_id: int
+    provider: Provider
+    provider_key_id: int | None = None
+    model: str
+    endpoint: str
+    stream: bool
+    usage: TokenUsage
+    estimated: bool = False
+    hold_units: int = 0
+    outcome: str = "completed"
+    upstream_request_id: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> UsageEvent:
+        return cls.model_validate_json(data)

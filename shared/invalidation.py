@@ -1,0 +1,28 @@
+"""Cache invalidation messages from writers (CLI, dashboard, worker) to proxies.
+
+Proxies cache key lookups and provider state in process and drop entries when a
+message arrives on one Redis pub/sub channel. Messages are short strings:
+`key:<sha256 hex>`, `user:<id>`, `providers`.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from shared.redis_keys import INVALIDATE_CHANNEL
+
+
+async def publish(redis: Redis, *messages: str) -> None:
+    for message in messages:
+        await redis.publish(INVALIDATE_CHANNEL, message)
+
+
+def key_message(key_hash: bytes) -> str:
+    return f"key:{key_hash.hex()}"
+
+
+def user_message(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+PROVIDERS_MESSAGE = "providers"

@@ -1,0 +1,50 @@
+"""Exact money: Decimal in code and Postgres, integer nano-dollars in Redis.
+
+Redis keeps a *view* of balances and holds as integers of 1e-9 USD so that Lua
+scripts can compare them exactly (doubles are exact up to 2**53, that is about
+nine million dollars per user). Postgres keeps the exact value; conversions to
+units round in the conservative direction for the caller.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+UNITS_PER_USD = 1_000_000_000
+_UNIT = Decimal(1) / Decimal(UNITS_PER_USD)
+
+
+def to_decimal(value: object) -> Decimal:
+    """Parse a JSON number, string or int as an exact Decimal (never via float)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an amount")
+    if isinstance(value, int | str):
+        return Decimal(value)
+    if isinstance(value, float):
+        # JSON numbers parsed by a float-happy parser: take their shortest repr.
+        return Decimal(repr(value))
+    raise TypeError(f"not an amount: {value!r}")
+
+
+def units_floor(amount: Decimal) -> int:
+    """USD -> integer units, rounded down (for balances: never overstate them)."""
+    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def units_ceil(amount: Decimal) -> int:
+    """USD -> integer units, rounded up (for holds: never understate them)."""
+    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def units_to_usd(units: int) -> Decimal:
+    return Decimal(units) * _UNIT
+
+
+def usd_str(amount: Decimal) -> str:
+    """A decimal string without exponent, trailing zeros trimmed (`"0.0000425"`)."""
+    text = format(amount, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text

@@ -1,0 +1,38 @@
+"""Usage -> cost, the contract's formula, Decimal only."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from shared.catalog import ModelPrice
+from shared.events import TokenUsage
+
+MILLION = Decimal(1_000_000)
+
+
+def cost_usd(usage: TokenUsage, price: ModelPrice, rate_multiplier: Decimal) -> Decimal:
+    """Exact cost of one request in USD.
+
+    cost = (uncached_input*in + cache_read*cr + cache_write*cw + output*out) / 1e6
+           * user.rate_multiplier * model.multiplier
+    Anthropic's 1-hour cache writes are priced at `cache_write_1h_per_mtok`.
+    """
+    cache_write_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
+    token_cost = (
+        usage.uncached_input_tokens * price.input_per_mtok
+        + usage.cache_read_tokens * price.cache_read
+        + cache_write_5m * price.cache_write
+        + usage.cache_write_1h_tokens * price.cache_write_1h
+        + usage.output_tokens * price.output_per_mtok
+    )
+    return token_cost / MILLION * rate_multiplier * price.multiplier
+
+
+def hold_usd(
+    prompt_tokens: int, output_cap: int, price: ModelPrice, rate_multiplier: Decimal
+) -> Decimal:
+    """The most a request can cost: its prompt estimate at the dearest input
+    price plus its output cap."""
+    dearest_input = max(price.input_per_mtok, price.cache_write, price.cache_write_1h)
+    token_cost = prompt_tokens * dearest_input + output_cap * price.output_per_mtok
+    return token_cost / MILLION * rate_multiplier * price.multiplier

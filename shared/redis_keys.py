@@ -1,0 +1,38 @@
+"""Every Redis key name Meterway uses, in one place.
+
+Per-user keys share the hash tag `{u:<id>}` so that a user's balance view,
+holds and hold expiries live in one cluster slot and one Lua script can touch
+them all.
+"""
+
+from __future__ import annotations
+
+PREFIX = "mw"
+INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"
+
+
+def _user(user_id: int) -> str:
+    return f"{PREFIX}:{{u:{user_id}}}"
+
+
+def balance(user_id: int) -> str:
+    """Hash: `units` (settled balance in nano-USD), `ver` (Postgres version), `held`."""
+    return f"{_user(user_id)}:bal"
+
+
+def holds(user_id: int) -> str:
+    """Hash: request id -> held units."""
+    return f"{_user(user_id)}:holds"
+
+
+def hold_expiry(user_id: int) -> str:
+    """Sorted set: request id -> expiry time in epoch milliseconds."""
+    return f"{_user(user_id)}:holdexp"
+
+
+def user_keys(user_id: int) -> list[str]:
+    return [balance(user_id), holds(user_id), hold_expiry(user_id)]
+
+
+def user_pattern() -> str:
+    return f"{PREFIX}:{{u:*}}:bal"

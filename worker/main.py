@@ -1,0 +1,68 @@
+"""The metering worker: arq settings, jobs and start-up."""
+
+from __future__ import annotations
+
+import asyncpg
+from arq import Retry
+from arq.connections import ArqRedis, RedisSettings
+from arq.worker import Worker, func
+
+from shared.balance_view import BalanceView
+from shared.catalog import load_catalog
+from shared.config import Settings
+from shared.db.pool import create_pool
+from shared.events import SETTLE_JOB, UsageEvent
+from worker.settle import SettleDeps, settle_event
+
+# A Postgres outage must not drop an event: keep retrying for a long time.
+MAX_TRIES = 10_000
+
+
+async def settle_usage(ctx: dict, event_json: str) -> str:
+    event = UsageEvent.from_json(event_json)
+    try:
+        result = await settle_event(ctx["deps"], event)
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        raise Retry(defer=min(2 ** min(ctx["job_try"], 5), 30)) from exc
+    return str(result.cost_usd)
+
+
+def worker_options(settings: Settings) -> dict:
+    async def startup(ctx: dict) -> None:
+        redis: ArqRedis = ctx["redis"]
+        ctx["deps"] = SettleDeps(
+            pg=await create_pool(settings.database_url, min_size=1, max_size=10),
+            catalog=load_catalog(settings.model_catalog),
+            view=BalanceView(redis),
+        )
+
+    async def shutdown(ctx: dict) -> None:
+        deps: SettleDeps | None = ctx.get("deps")
+        if deps is not None:
+            await deps.pg.close()
+
+    return {
+        "functions": [
+            func(
+                settle_usage,
+                name=SETTLE_JOB,
+                timeout=settings.settle_job_timeout,
+                max_tries=MAX_TRIES,
+            )
+        ],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "queue_name": settings.queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "keep_result": 60,
+        "max_jobs": 50,
+        "poll_delay": 0.05,
+    }
+
+
+def create_worker(settings: Settings, *, handle_signals: bool = True) -> Worker:
+    return Worker(**worker_options(settings), handle_signals=handle_signals)
+
+
+def run(settings: Settings) -> None:
+    create_worker(settings).run()
