@@ -6,7 +6,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.handlers import authenticate
-from proxy.state import GATEWAY
+from proxy.state import GATEWAY, REQUEST_ID
 from shared.db import usage as db_usage
 from shared.db import users as db_users
 from shared.money import units_to_usd, usd_str
@@ -20,7 +20,7 @@ def _json(data: object, request_id: str) -> web.Response:
 
 async def account(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    request_id = request["request_id"]
+    request_id = request[REQUEST_ID]
     owner = await authenticate(gw, request, allow_x_api_key=True)
     user = await db_users.by_id(gw.pg, owner.user_id)
     assert user is not None
@@ -40,7 +40,7 @@ async def account(request: web.Request) -> web.Response:
 
 async def account_usage(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    request_id = request["request_id"]
+    request_id = request[REQUEST_ID]
     owner = await authenticate(gw, request, allow_x_api_key=True)
     limit = _limit(request.query.get("limit"))
     rows = await db_usage.recent_for_user(gw.pg, owner.user_id, limit)

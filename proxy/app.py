@@ -22,7 +22,7 @@ from proxy.middleware import request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
 from proxy.queue import UsageQueue
-from proxy.state import GATEWAY, Gateway
+from proxy.state import GATEWAY, SETTINGS, Gateway
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
@@ -32,7 +32,7 @@ from shared.keys import SecretBox
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_request_bytes)
-    app["settings"] = settings
+    app[SETTINGS] = settings
     app.cleanup_ctx.append(_lifecycle)
     _add_routes(app)
     return app
@@ -66,7 +66,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings: Settings = app["settings"]
+    settings = app[SETTINGS]
     catalog = load_catalog(settings.model_catalog)
     redis = ArqRedis.from_url(settings.redis_url)
     pg = await create_pool(settings.database_url, min_size=1, max_size=8)

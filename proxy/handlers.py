@@ -12,7 +12,7 @@ from proxy.auth import presented_key
 from proxy.errors import ProxyError
 from proxy.providers import Adapter
 from proxy.relay import Relay, RelayResult
-from proxy.state import GATEWAY, Gateway
+from proxy.state import GATEWAY, REQUEST_ID, Gateway
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
 from shared.events import TokenUsage, UsageEvent
@@ -90,7 +90,7 @@ def billed_usage(result: RelayResult, prompt_tokens: int) -> tuple[TokenUsage, b
 
 def llm_handler(adapter: Adapter):
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await _serve(request.app[GATEWAY], request, adapter, request["request_id"])
+        return await _serve(request.app[GATEWAY], request, adapter, request[REQUEST_ID])
 
     return handle
 

@@ -8,7 +8,7 @@ import structlog
 from aiohttp import web
 
 from proxy.errors import ProxyError, error_response
-from proxy.state import GATEWAY
+from proxy.state import GATEWAY, REQUEST_ID
 
 log = structlog.get_logger("meterway.proxy")
 
@@ -26,7 +26,7 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
         return await handler(request)
     request_id = new_request_id()
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     provider = provider_of(request.path)
     metrics = request.app[GATEWAY].metrics

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.handlers import authenticate
-from proxy.state import GATEWAY
+from proxy.state import GATEWAY, REQUEST_ID
 
 
 def models_handler(provider: str):
@@ -37,7 +37,7 @@ def models_handler(provider: str):
                     for name in names
                 ],
             }
-        return web.json_response(body, headers={"x-request-id": request["request_id"]})
+        return web.json_response(body, headers={"x-request-id": request[REQUEST_ID]})
 
     return handle
 
