@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -34,6 +35,9 @@ async def _provider_middleware(request: web.Request, handler: Handler) -> web.St
         return await handler(request)
     try:
         await request.app[RECORDER_KEY].record(request)
+        latency = _latency_seconds(request)
+        if latency:
+            await asyncio.sleep(latency)
         return await handler(request)
     except SimError as err:
         return error_response(provider, err, request_id(request))
@@ -41,6 +45,14 @@ async def _provider_middleware(request: web.Request, handler: Handler) -> web.St
         if exc.status < 400:
             raise
         return error_response(provider, SimError(exc.status, exc.reason), request_id(request))
+
+
+def _latency_seconds(request: web.Request) -> float:
+    """`x-sim-latency-ms`: wait this long before answering at all (time to first byte)."""
+    try:
+        return max(float(request.headers.get("x-sim-latency-ms", "0")), 0.0) / 1000
+    except ValueError:
+        return 0.0
 
 
 async def _add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -1,0 +1,576 @@
+"""The `meterway` command (CONTRACT.md section 1), run as a real subprocess.
+
+Every invocation is a fresh process with DATABASE_URL, REDIS_URL and
+METERWAY_SECRET_KEY pointing at the test database and Redis, started in an
+empty directory so that no `.env` file is read. The tests check exit codes,
+stdout / stderr and the rows the commands leave in Postgres and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from argon2 import PasswordHasher
+from redis.asyncio import Redis
+
+from shared import redis_keys
+from shared.config import Settings
+from shared.keys import SecretBox
+from tests.conftest import SECRET_KEY
+
+# `meterway.cli` has no __main__ guard: call the console script's entry point.
+CLI = [sys.executable, "-c", "import sys; from meterway.cli import main; sys.exit(main())"]
+TIMEOUT = 30
+
+
+@dataclass
+class Result:
+    args: tuple[str, ...]
+    rc: int
+    out: str
+    err: str
+
+    def __str__(self) -> str:
+        return (
+            f"meterway {' '.join(self.args)} -> {self.rc}\nstdout:\n{self.out}\nstderr:\n{self.err}"
+        )
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+class Cli:
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = env
+        self.cwd = cwd
+
+    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI,
+            *args,
+            env=self.env if env is None else env,
+            cwd=self.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        assert proc.returncode is not None
+        return Result(args, proc.returncode, out.decode(), err.decode())
+
+    async def ok(self, *args: str) -> Result:
+        result = await self(*args)
+        assert result.rc == 0, result
+        assert result.err == "", result
+        return result
+
+    async def fails(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """A command error: non-zero exit and exactly one `meterway: ...` line on stderr."""
+        result = await self(*args, env=env)
+        assert result.rc != 0, result
+        lines = result.err.splitlines()
+        assert len(lines) == 1, result
+        assert lines[0].startswith("meterway: "), result
+        assert len(lines[0]) > len("meterway: "), result
+        return result
+
+
+@pytest.fixture(scope="session")
+def cli_env(database_url: str, redis_url: str) -> dict[str, str]:
+    # Drop anything from the developer's shell that would configure Meterway.
+    config_names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in config_names}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, METERWAY_SECRET_KEY=SECRET_KEY)
+    return env
+
+
+@pytest.fixture(scope="session")
+def cli(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(cli_env, tmp_path_factory.mktemp("cli-cwd"))
+
+
+def new_email() -> str:
+    return f"cli-{uuid.uuid4().hex[:12]}@example.com"
+
+
+async def user_row(pg: asyncpg.Pool, email: str) -> asyncpg.Record:
+    row = await pg.fetchrow("SELECT * FROM users WHERE email = $1", email)
+    assert row is not None, f"no user {email}"
+    return row
+
+
+async def columns_containing(pg: asyncpg.Pool, needle: str) -> list[str]:
+    """Every text or bytea column of the schema in which some row contains `needle`."""
+    columns = await pg.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = 'public'"
+        " AND data_type IN ('text', 'character varying', 'character', 'bytea', 'json', 'jsonb')"
+    )
+    hits = []
+    for c in columns:
+        table, column = c["table_name"], c["column_name"]
+        if c["data_type"] == "bytea":
+            query = f'SELECT count(*) FROM "{table}" WHERE position($1::bytea IN "{column}") > 0'
+            arg: object = needle.encode()
+        else:
+            query = f'SELECT count(*) FROM "{table}" WHERE strpos("{column}"::text, $1) > 0'
+            arg = needle
+        if await pg.fetchval(query, arg):
+            hits.append(f"{table}.{column}")
+    return hits
+
+
+# --- argparse, migrate, dashboard -------------------------------------------------------------
+
+
+async def test_unknown_command_and_bad_usage_exit_2(cli: Cli) -> None:
+    results = await asyncio.gather(
+        cli("no-such-command"),
+        cli("user"),  # missing action
+        cli("credits", "add", "someone@example.com"),  # missing amount
+        cli("user", "set", "someone@example.com", "--disabled", "maybe"),
+        cli("key", "create", "someone@example.com", "--rpm", "ten"),
+        cli("provider-key", "disable", "not-an-id"),
+    )
+    for r in results:
+        assert r.rc == 2, r
+        assert r.out == "", r
+        assert "usage: meterway" in r.err, r
+    assert "invalid choice" in results[0].err
+
+
+async def test_migrate_creates_a_fresh_schema_then_is_idempotent(
+    cli: Cli, cli_env: dict[str, str], database_url: str, pg: asyncpg.Pool
+) -> None:
+    # The shared test database is migrated already: nothing to do, twice.
+    for _ in range(2):
+        r = await cli.ok("migrate")
+        assert r.out.strip() == "schema is up to date", r
+
+    # A database that does not exist yet: migrate creates it, then is a no-op.
+    name = f"meterway_cli_{uuid.uuid4().hex[:8]}"
+    fresh_url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    env = {**cli_env, "DATABASE_URL": fresh_url}
+    try:
+        first = await cli("migrate", env=env)
+        assert first.rc == 0, first
+        assert first.out.startswith("applied: "), first
+        assert "0001_init.sql" in first.out, first
+        second = await cli("migrate", env=env)
+        assert second.rc == 0, second
+        assert second.out.strip() == "schema is up to date", second
+
+        conn = await asyncpg.connect(fresh_url)
+        try:
+            tables = {
+                r["tablename"]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )
+            }
+            versions = await conn.fetch("SELECT version FROM schema_migrations")
+            providers = await conn.fetch("SELECT name FROM providers ORDER BY name")
+        finally:
+            await conn.close()
+        assert {
+            "users",
+            "api_keys",
+            "providers",
+            "provider_keys",
+            "usage_records",
+            "ledger",
+        } <= tables
+        assert [r["version"] for r in versions] == [1]  # applied once, not twice
+        assert [r["name"] for r in providers] == ["anthropic", "openai"]
+    finally:
+        await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_dashboard_says_not_built_yet(cli: Cli) -> None:
+    r = await cli.fails("dashboard")
+    assert r.out == ""
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+async def test_user_create(cli: Cli, pg: asyncpg.Pool) -> None:
+    email = new_email()
+    r = await cli.ok("user", "create", email, "--rate-multiplier", "1.5", "--password", "pw")
+    assert email in r.out
+    row = await user_row(pg, email)
+    assert row["rate_multiplier"] == Decimal("1.5")
+    assert str(row["rate_multiplier"]) == "1.5"  # exact NUMERIC, not a float
+    assert row["password_hash"].startswith("$argon2")
+    assert row["password_hash"] != "pw"
+    assert PasswordHasher().verify(row["password_hash"], "pw")
+    assert row["is_admin"] is False
+    assert row["disabled"] is False
+    assert row["balance_usd"] == 0
+
+    admin_email = new_email()
+    duplicate, duplicate_upper, admin, bad_email, bad_rate, negative_rate = await asyncio.gather(
+        cli.fails("user", "create", email),
+        cli.fails("user", "create", email.upper()),  # emails are case-insensitive
+        cli.ok("user", "create", admin_email, "--admin"),
+        cli.fails("user", "create", "not-an-email"),
+        cli.fails("user", "create", new_email(), "--rate-multiplier", "abc"),
+        cli.fails("user", "create", new_email(), "--rate-multiplier", "-1"),
+    )
+    assert duplicate.out == "" and duplicate_upper.out == ""
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 1
+    admin_row = await user_row(pg, admin_email)
+    assert admin_row["is_admin"] is True
+    assert admin_row["password_hash"] is None
+    assert admin_row["rate_multiplier"] == 1
+
+
+async def test_user_set(cli: Cli, pg: asyncpg.Pool) -> None:
+    email = new_email()
+    await cli.ok("user", "create", email)
+    await cli.ok(
+        "user", "set", email,
+        "--rate-multiplier", "2",
+        "--daily-alert-usd", "5",
+        "--low-balance-usd", "1",
+        "--disabled", "true",
+    )  # fmt: skip
+    row = await user_row(pg, email)
+    assert row["rate_multiplier"] == Decimal(2)
+    assert row["daily_alert_usd"] == Decimal(5)
+    assert row["low_balance_usd"] == Decimal(1)
+    assert row["disabled"] is True
+
+    results = await asyncio.gather(
+        cli.fails("user", "set", new_email(), "--rate-multiplier", "2"),  # unknown email
+        cli.fails("user", "set", email),  # nothing to change
+        cli.fails("user", "set", email, "--daily-alert-usd", "lots"),
+        cli.fails("user", "set", email, "--low-balance-usd", "-1"),
+    )
+    assert all(r.out == "" for r in results)
+    assert await user_row(pg, email) == row  # failures changed nothing
+
+    # Options given alone change only themselves; the email is case-insensitive.
+    await cli.ok("user", "set", email.upper(), "--disabled", "false")
+    after = await user_row(pg, email)
+    assert after["disabled"] is False
+    assert after["rate_multiplier"] == Decimal(2)
+    assert after["daily_alert_usd"] == Decimal(5)
+
+
+# --- credits ----------------------------------------------------------------------------------
+
+
+async def test_credits_add_exact_ledger_and_redis_view(
+    cli: Cli, pg: asyncpg.Pool, redis: Redis
+) -> None:
+    email = new_email()
+    await cli.ok("user", "create", email)
+    user_id = (await user_row(pg, email))["id"]
+
+    r = await cli.ok("credits", "add", email, "12.345678901")
+    assert "12.345678901" in r.out
+    r = await cli.ok("credits", "add", email, "-2.3")
+    assert "10.045678901" in r.out
+
+    row = await user_row(pg, email)
+    assert row["balance_usd"] == Decimal("10.045678901")
+    ledger = await pg.fetch(
+        "SELECT kind, amount_usd, balance_after FROM ledger WHERE user_id = $1 ORDER BY id", user_id
+    )
+    assert [(x["kind"], x["amount_usd"]) for x in ledger] == [
+        ("topup", Decimal("12.345678901")),
+        ("adjustment", Decimal("-2.3")),
+    ]
+    assert sum(x["amount_usd"] for x in ledger) == row["balance_usd"]
+    assert ledger[-1]["balance_after"] == row["balance_usd"]
+
+    view = await redis.hgetall(redis_keys.balance(user_id))
+    assert view[b"units"] == b"10045678901"  # floor(balance * 1e9), an exact integer
+    assert int(view[b"ver"]) == row["balance_version"] == 2
+
+    await asyncio.gather(
+        cli.fails("credits", "add", email, "ten"),
+        cli.fails("credits", "add", email, "NaN"),
+        cli.fails("credits", "add", email, "Infinity"),
+        cli.fails("credits", "add", new_email(), "5"),  # unknown user
+    )
+    assert (await user_row(pg, email))["balance_usd"] == Decimal("10.045678901")
+    assert await pg.fetchval("SELECT count(*) FROM ledger WHERE user_id = $1", user_id) == 2
+    assert (await redis.hget(redis_keys.balance(user_id), "units")) == b"10045678901"
+
+
+# --- proxy keys -------------------------------------------------------------------------------
+
+
+async def test_key_create_list_revoke(cli: Cli, pg: asyncpg.Pool) -> None:
+    email = new_email()
+    await cli.ok("user", "create", email)
+    user_id = (await user_row(pg, email))["id"]
+
+    r = await cli.ok("key", "create", email, "--name", "ci", "--rpm", "10", "--tpm", "1000")
+    key = r.out.splitlines()[-1]
+    assert key.startswith("mw-"), r
+    assert key == key.strip() and " " not in key
+    assert len(key) > 20
+    assert r.out.count(key) == 1  # shown once, alone on the last line
+
+    row = await pg.fetchrow("SELECT * FROM api_keys WHERE user_id = $1", user_id)
+    assert bytes(row["key_hash"]) == hashlib.sha256(key.encode()).digest()
+    assert row["prefix"] == key[:10]
+    assert (row["name"], row["rpm_limit"], row["tpm_limit"]) == ("ci", 10, 1000)
+    assert row["revoked_at"] is None
+    assert await columns_containing(pg, key) == []  # only the hash is stored
+
+    second = (await cli.ok("key", "create", email)).out.splitlines()[-1]
+    assert second.startswith("mw-") and second != key
+
+    listed, table = await asyncio.gather(
+        cli.ok("key", "list", email, "--json"), cli.ok("key", "list", email)
+    )
+    keys = listed.json()
+    assert isinstance(keys, list) and len(keys) == 2
+    for k in keys:
+        assert {"id", "name", "prefix", "created", "last_used", "revoked"} <= set(k)
+        assert k["revoked"] is False
+        assert k["last_used"] is None
+        datetime.fromisoformat(k["created"])
+    first_entry, second_entry = sorted(keys, key=lambda k: k["id"])
+    assert first_entry["id"] == row["id"]
+    assert (first_entry["name"], first_entry["prefix"]) == ("ci", key[:10])
+    assert second_entry["prefix"] == second[:10]
+    for out in (listed.out, table.out):
+        assert key not in out and second not in out
+    assert key[:10] in table.out
+
+    # Revoke one by id and the other by the full key.
+    await cli.ok("key", "revoke", str(first_entry["id"]))
+    await cli.ok("key", "revoke", second)
+    keys = (await cli.ok("key", "list", email, "--json")).json()
+    assert [k["revoked"] for k in sorted(keys, key=lambda k: k["id"])] == [True, True]
+    revoked_at = await pg.fetch("SELECT revoked_at FROM api_keys WHERE user_id = $1", user_id)
+    assert len(revoked_at) == 2 and all(r["revoked_at"] is not None for r in revoked_at)
+
+    results = await asyncio.gather(
+        cli.fails("key", "revoke", "999999999"),
+        cli.fails("key", "revoke", "mw-" + uuid.uuid4().hex),
+        cli.fails("key", "create", new_email()),  # unknown user
+        cli.fails("key", "list", new_email()),
+        cli.fails("key", "create", email, "--rpm", "0"),
+    )
+    assert all(r.out == "" for r in results)
+    assert await pg.fetchval("SELECT count(*) FROM api_keys WHERE user_id = $1", user_id) == 2
+
+
+# --- provider keys ----------------------------------------------------------------------------
+
+
+async def provider_key_ids(cli: Cli) -> set[int]:
+    return {k["id"] for k in (await cli.ok("provider-key", "list", "--json")).json()}
+
+
+async def test_provider_key_lifecycle(cli: Cli, cli_env: dict[str, str], pg: asyncpg.Pool) -> None:
+    secret = "sk-test-secret-ABCDEF"
+    before = await provider_key_ids(cli)
+    added = await cli.ok("provider-key", "add", "openai", secret, "--name", "extra")
+    new = await provider_key_ids(cli) - before
+    assert len(new) == 1
+    (key_id,) = new
+    try:
+        assert secret not in added.out
+        row = await pg.fetchrow("SELECT * FROM provider_keys WHERE id = $1", key_id)
+        assert (row["provider"], row["name"], row["prefix"], row["status"]) == (
+            "openai",
+            "extra",
+            secret[:10],
+            "active",
+        )
+        secret_enc = bytes(row["secret_enc"])
+        assert secret.encode() not in secret_enc
+        assert SecretBox(SECRET_KEY).decrypt(secret_enc) == secret
+        assert await columns_containing(pg, secret) == []
+
+        async def listed() -> dict:
+            both, only_openai, only_anthropic, table = await asyncio.gather(
+                cli.ok("provider-key", "list", "--json"),
+                cli.ok("provider-key", "list", "openai", "--json"),
+                cli.ok("provider-key", "list", "anthropic", "--json"),
+                cli.ok("provider-key", "list"),
+            )
+            for r in (both, only_openai, only_anthropic, table):
+                assert secret not in r.out, r
+            assert all(k["provider"] == "openai" for k in only_openai.json())
+            assert all(k["provider"] == "anthropic" for k in only_anthropic.json())
+            assert key_id not in {k["id"] for k in only_anthropic.json()}
+            mine = [k for k in only_openai.json() if k["id"] == key_id]
+            assert mine == [k for k in both.json() if k["id"] == key_id]
+            assert len(mine) == 1
+            return mine[0]
+
+        entry = await listed()
+        assert {"id", "provider", "name", "prefix", "status"} <= set(entry)
+        assert (entry["provider"], entry["name"], entry["prefix"], entry["status"]) == (
+            "openai",
+            "extra",
+            secret[:10],
+            "active",
+        )
+
+        await cli.ok("provider-key", "disable", str(key_id))
+        assert (await listed())["status"] == "disabled"
+        assert await pg.fetchval("SELECT status FROM provider_keys WHERE id = $1", key_id) == (
+            "disabled"
+        )
+        await cli.ok("provider-key", "enable", str(key_id))
+        assert (await listed())["status"] == "active"
+        await cli.ok("provider-key", "remove", str(key_id))
+        assert await pg.fetchval("SELECT count(*) FROM provider_keys WHERE id = $1", key_id) == 0
+        assert key_id not in await provider_key_ids(cli)
+
+        no_secret_env = {k: v for k, v in cli_env.items() if k != "METERWAY_SECRET_KEY"}
+        short_secret_env = {**cli_env, "METERWAY_SECRET_KEY": "too-short"}
+        results = await asyncio.gather(
+            cli.fails("provider-key", "add", "mistral", secret),
+            cli.fails("provider-key", "list", "mistral"),
+            cli.fails("provider-key", "add", "openai", secret, env=no_secret_env),
+            cli.fails("provider-key", "add", "openai", secret, env=short_secret_env),
+            cli.fails("provider-key", "disable", str(key_id)),  # removed: unknown id
+            cli.fails("provider-key", "enable", str(key_id)),
+            cli.fails("provider-key", "remove", str(key_id)),
+        )
+        for r in results:
+            assert secret not in r.out + r.err, r
+        assert "METERWAY_SECRET_KEY" in results[2].err
+        assert await provider_key_ids(cli) == before
+    finally:
+        await pg.execute("DELETE FROM provider_keys WHERE id = $1", key_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the visible prefix is the first 10 characters whatever the secret's length, so a "
+    "short provider secret is shown whole by `provider-key add` and `provider-key list`",
+)
+async def test_provider_key_list_never_shows_a_short_secret(cli: Cli, pg: asyncpg.Pool) -> None:
+    secret = "sk-" + uuid.uuid4().hex[:7]  # 10 characters
+    before = await provider_key_ids(cli)
+    added = await cli.ok("provider-key", "add", "anthropic", secret, "--name", "short")
+    (key_id,) = await provider_key_ids(cli) - before
+    try:
+        await cli.ok("provider-key", "disable", str(key_id))  # never used by the proxy tests
+        listed = await cli.ok("provider-key", "list", "--json")
+        assert secret not in added.out
+        assert secret not in listed.out
+    finally:
+        await pg.execute("DELETE FROM provider_keys WHERE id = $1", key_id)
+
+
+# --- providers --------------------------------------------------------------------------------
+
+
+async def provider_entries(cli: Cli) -> dict[str, dict]:
+    rows = (await cli.ok("provider", "list", "--json")).json()
+    assert isinstance(rows, list)
+    return {r["provider"]: r for r in rows}
+
+
+async def test_provider_pause_and_resume(cli: Cli, pg: asyncpg.Pool) -> None:
+    before = await provider_entries(cli)
+    assert set(before) == {"openai", "anthropic"}
+    assert before["anthropic"]["status"] == "active"
+    try:
+        await cli.ok("provider", "pause", "anthropic")
+        paused = await provider_entries(cli)
+        assert paused["anthropic"]["status"] == "paused"
+        assert paused["openai"]["status"] == before["openai"]["status"]
+        assert await pg.fetchval("SELECT paused FROM providers WHERE name = 'anthropic'") is True
+    finally:
+        resumed = await cli("provider", "resume", "anthropic")
+        if resumed.rc != 0:
+            await pg.execute("UPDATE providers SET paused = false WHERE name = 'anthropic'")
+    assert resumed.rc == 0, resumed
+    assert (await provider_entries(cli))["anthropic"]["status"] == "active"
+    assert await pg.fetchval("SELECT paused FROM providers WHERE name = 'anthropic'") is False
+
+    await asyncio.gather(
+        cli.fails("provider", "pause", "mistral"),
+        cli.fails("provider", "resume", "mistral"),
+    )
+
+
+async def test_provider_set_thresholds(cli: Cli) -> None:
+    await cli.ok("provider", "set", "openai", "--warn-usd", "50", "--stop-usd", "100")
+    entries, table = await asyncio.gather(provider_entries(cli), cli.ok("provider", "list"))
+    openai = entries["openai"]
+    assert (openai["warn_usd"], openai["stop_usd"]) == ("50", "100")
+    assert {"provider", "status", "warn_usd", "stop_usd", "spend_today_usd"} <= set(openai)
+    assert isinstance(openai["spend_today_usd"], str)
+    Decimal(openai["spend_today_usd"])
+    assert "openai" in table.out and "anthropic" in table.out
+
+    await asyncio.gather(
+        cli.fails("provider", "set", "openai"),  # nothing to change
+        cli.fails("provider", "set", "openai", "--warn-usd", "fifty"),
+        cli.fails("provider", "set", "mistral", "--warn-usd", "1"),
+    )
+    openai = (await provider_entries(cli))["openai"]
+    assert (openai["warn_usd"], openai["stop_usd"]) == ("50", "100")
+
+
+# --- reconcile --------------------------------------------------------------------------------
+
+
+async def test_reconcile(cli: Cli, pg: asyncpg.Pool, redis: Redis) -> None:
+    email = new_email()
+    await cli.ok("user", "create", email)
+    await cli.ok("credits", "add", email, "7.000000001")
+    await cli.ok("credits", "add", email, "-0.5")
+    user_id = (await user_row(pg, email))["id"]
+
+    r = await cli.ok("reconcile")
+    assert "agree" in r.out
+
+    # Postgres balance off by a dollar: against the ledger and against Redis.
+    await pg.execute("UPDATE users SET balance_usd = balance_usd + 1 WHERE id = $1", user_id)
+    try:
+        r = await cli("reconcile")
+    finally:
+        await pg.execute("UPDATE users SET balance_usd = balance_usd - 1 WHERE id = $1", user_id)
+    assert r.rc != 0, r
+    mine = [line for line in r.out.splitlines() if email in line]
+    assert mine, r
+    assert any("7.500000001" in line and "6.500000001" in line for line in mine), r
+    err = r.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("meterway: "), r
+
+    # The Redis view off by one unit while Postgres is right.
+    key = redis_keys.balance(user_id)
+    units = await redis.hget(key, "units")
+    assert units == b"6500000001"
+    await redis.hincrby(key, "units", 1)
+    try:
+        r = await cli("reconcile")
+    finally:
+        await redis.hincrby(key, "units", -1)
+    assert r.rc != 0, r
+    assert any(email in line and "6500000002" in line for line in r.out.splitlines()), r
+
+    r = await cli.ok("reconcile")  # restored: consistent again for the tests that follow
+    assert "agree" in r.out
