@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run one metering worker")
     dash = sub.add_parser("dashboard", help="run the dashboard")
     dash.add_argument("--port", type=int)
-    sub.add_parser("dev", help="migrate, then proxy + worker (+ simulator) for local use")
+    dev = sub.add_parser("dev", help="migrate, then proxy + worker (+ simulator) for local use")
+    dev.add_argument("--simulator-port", type=int, default=9100)
     mock = sub.add_parser("mock-upstream", help="run the OpenAI/Anthropic upstream simulator")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9100)
@@ -169,7 +170,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "dev":
         from meterway.dev import run_dev
 
-        asyncio.run(run_dev(settings))
+        asyncio.run(run_dev(settings, simulator_port=args.simulator_port))
         return 0
     if args.command == "mock-upstream":
         from simulator.app import run as run_simulator

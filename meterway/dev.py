@@ -81,7 +81,7 @@ async def _needs_simulator(settings: Settings) -> bool:
     return all(k.name == SIMULATOR_KEY_NAME for k in keys)
 
 
-async def run_dev(settings: Settings) -> None:
+async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -> None:
     from proxy.app import create_app
     from simulator.app import start as start_simulator
     from worker.main import create_worker
@@ -94,8 +94,8 @@ async def run_dev(settings: Settings) -> None:
     runners: list[web.AppRunner] = []
     simulate = await _needs_simulator(settings)
     if simulate:
-        runners.append(await start_simulator("127.0.0.1", SIMULATOR_PORT))
-        base = f"http://127.0.0.1:{SIMULATOR_PORT}"
+        runners.append(await start_simulator("127.0.0.1", simulator_port))
+        base = f"http://127.0.0.1:{simulator_port}"
         settings = settings.model_copy(
             update={
                 "upstream_openai_base_url": f"{base}/openai/v1",

@@ -1,0 +1,90 @@
+"""`meterway dev` as a new user meets it: the printed curl line and the README's
+OpenAI SDK example work offline against the built-in simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import openai
+import orjson
+import pytest
+
+from tests.conftest import free_port
+
+
+@pytest.fixture
+async def dev_process(database_url: str, redis_url: str):
+    name = f"meterway_dev_{secrets.token_hex(4)}"
+    dev_db = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dev_db,
+        "REDIS_URL": redis_url,
+        "PROXY_PORT": str(port),
+        "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("meterway") or "meterway",
+        "dev",
+        "--simulator-port",
+        str(free_port()),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    output = b""
+    try:
+        async with asyncio.timeout(30):
+            while b"Stop with Ctrl-C" not in output:
+                line = await proc.stdout.readline()
+                if not line:
+                    raise AssertionError(f"meterway dev exited early: {output.decode()}")
+                output += line
+        yield output.decode(), f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+        admin = await asyncpg.connect(database_url)
+        with contextlib.suppress(Exception):
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_dev_prints_a_working_key_and_curl_line(dev_process):
+    output, base = dev_process
+    key = re.search(r"^\s+(mw-\S+)$", output, re.MULTILINE).group(1)
+    curl = re.search(r"(curl \S+/v1/openai/chat/completions.*?\}'\n)", output, re.DOTALL).group(1)
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", curl, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    body, _ = await proc.communicate()
+    assert proc.returncode == 0
+    answer = orjson.loads(body)
+    assert answer["object"] == "chat.completion"
+    assert answer["usage"]["completion_tokens"] > 0
+
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1/openai", api_key=key)
+    stream = await client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text.startswith("tok0")
+    for _ in range(100):  # both requests settle and show in the account
+        usage = await client.get("/../account/usage", cast_to=object)
+        if len(usage["data"]) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert len(usage["data"]) == 2
