@@ -30,7 +30,7 @@ for _, rid in ipairs(expired) do
   local amount = redis.call('HGET', KEYS[2], rid)
   if amount then
     redis.call('HDEL', KEYS[2], rid)
-    redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+    if amount ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount) end
   end
   redis.call('ZREM', KEYS[3], rid)
 end
@@ -48,7 +48,7 @@ _RELEASE = """
 local amount = redis.call('HGET', KEYS[2], ARGV[1])
 if amount then
   redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+  if amount ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount) end
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 return amount
@@ -61,7 +61,7 @@ if ARGV[3] ~= '' then
   local amount = redis.call('HGET', KEYS[2], ARGV[3])
   if amount then
     redis.call('HDEL', KEYS[2], ARGV[3])
-    redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+    if amount ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount) end
   end
   redis.call('ZREM', KEYS[3], ARGV[3])
 end

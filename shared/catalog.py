@@ -16,7 +16,7 @@ PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic")
 class ModelPrice(BaseModel):
     """One catalog entry. A missing cache price means the input price."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     provider: Provider
     input_per_mtok: Decimal = Field(ge=0)

@@ -25,8 +25,8 @@ def hash_proxy_key(key: str) -> bytes:
 
 
 def visible_prefix(secret: str) -> str:
-    """The part of a key that may be shown and logged."""
-    return secret[:VISIBLE_PREFIX_LEN]
+    """The part of a key that may be shown and logged: at most a third of it."""
+    return secret[: min(VISIBLE_PREFIX_LEN, len(secret) // 3)]
 
 
 def derive_key(secret_key: str, purpose: str) -> bytes:

@@ -8,7 +8,7 @@ units round in the conservative direction for the caller.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 
 UNITS_PER_USD = 1_000_000_000
 _UNIT = Decimal(1) / Decimal(UNITS_PER_USD)
@@ -21,21 +21,32 @@ def to_decimal(value: object) -> Decimal:
     if isinstance(value, bool):
         raise TypeError("a boolean is not an amount")
     if isinstance(value, int | str):
-        return Decimal(value)
-    if isinstance(value, float):
+        result = Decimal(value)
+    elif isinstance(value, float):
         # JSON numbers parsed by a float-happy parser: take their shortest repr.
-        return Decimal(repr(value))
-    raise TypeError(f"not an amount: {value!r}")
+        result = Decimal(repr(value))
+    else:
+        raise TypeError(f"not an amount: {value!r}")
+    if not result.is_finite():
+        raise ValueError(f"not a finite amount: {value!r}")
+    return result
+
+
+def _to_units(amount: Decimal, rounding: str) -> int:
+    # scaleb shifts the exponent exactly: no rounding to the context's precision
+    with localcontext() as ctx:
+        ctx.prec = max(ctx.prec, len(amount.as_tuple().digits) + 20)
+        return int(amount.scaleb(9).to_integral_value(rounding=rounding))
 
 
 def units_floor(amount: Decimal) -> int:
     """USD -> integer units, rounded down (for balances: never overstate them)."""
-    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_FLOOR))
+    return _to_units(amount, ROUND_FLOOR)
 
 
 def units_ceil(amount: Decimal) -> int:
     """USD -> integer units, rounded up (for holds: never understate them)."""
-    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+    return _to_units(amount, ROUND_CEILING)
 
 
 def units_to_usd(units: int) -> Decimal:

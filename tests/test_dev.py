@@ -28,7 +28,8 @@ async def dev_process(database_url: str, redis_url: str):
     env = {
         **os.environ,
         "DATABASE_URL": dev_db,
-        "REDIS_URL": redis_url,
+        # its own Redis database: its worker must not share the tests' queue
+        "REDIS_URL": urlunsplit(urlsplit(redis_url)._replace(path="/12")),
         "PROXY_PORT": str(port),
         "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
     }

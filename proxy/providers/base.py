@@ -40,4 +40,4 @@ def int_field(data: dict | None, name: str) -> int:
     if not data:
         return 0
     value = data.get(name)
-    return value if isinstance(value, int) and value > 0 else 0
+    return value if type(value) is int and value > 0 else 0

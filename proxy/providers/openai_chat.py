@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from proxy.providers.base import PreparedBody, int_field
-from proxy.providers.sse import StreamScanner, event_json
+from proxy.providers.sse import StreamScanner, event_data, event_json
 from shared.events import TokenUsage
 
 
@@ -23,27 +23,28 @@ def usage_from_openai(usage: dict | None, input_name: str, output_name: str) -> 
     )
 
 
+_NULL_USAGE = (b'"usage":null', b'"usage": null')
+
+
 class ChatScanner(StreamScanner):
     def on_event(self, event: bytes) -> bool:
-        if b"[DONE]" in event:
+        if b"[DONE]" in event and event_data(event) == b"[DONE]":
             self.complete = True
             return True
-        if b'"usage"' in event and b'"usage":null' not in event:
+        if b'"delta"' in event:
+            self.deltas += 1
+        if b'"usage"' in event and not any(null in event for null in _NULL_USAGE):
             data = event_json(event)
             if data is not None:
-                if "error" in data and "choices" not in data:
-                    self.error_event = True
-                    return True
                 usage = usage_from_openai(data.get("usage"), "prompt_tokens", "completion_tokens")
                 if usage is not None:
                     self.usage = usage
                     if self.filtering and data.get("choices") == []:
                         return False
-            return True
-        if b'"delta"' in event:
-            self.deltas += 1
-        elif b'"error"' in event:
-            self.error_event = True
+        elif b'"error"' in event and b'"delta"' not in event:
+            data = event_json(event)
+            if data is not None and "error" in data:
+                self.error_event = True
         return True
 
 

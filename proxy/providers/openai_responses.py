@@ -7,22 +7,24 @@ from proxy.providers.openai_chat import usage_from_openai
 from proxy.providers.sse import StreamScanner, event_json
 from shared.events import TokenUsage
 
-_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+_FINAL = ("response.completed", "response.incomplete", "response.failed")
+_FINAL_BYTES = tuple(name.encode() for name in _FINAL)
 
 
 class ResponsesScanner(StreamScanner):
     def on_event(self, event: bytes) -> bool:
         if b"response.output_text.delta" in event:
             self.deltas += 1
-        elif any(name in event for name in _FINAL):
+        elif any(name in event for name in _FINAL_BYTES):
             data = event_json(event)
-            response = data.get("response") if data else None
-            if isinstance(response, dict):
-                self.usage = usage_from_openai(
-                    response.get("usage"), "input_tokens", "output_tokens"
-                )
-            self.complete = True
-        elif b"event: error" in event or b'"type":"error"' in event:
+            if data is not None and data.get("type") in _FINAL:
+                response = data.get("response")
+                if isinstance(response, dict):
+                    self.usage = usage_from_openai(
+                        response.get("usage"), "input_tokens", "output_tokens"
+                    )
+                self.complete = True
+        elif event.startswith(b"event: error") or b'"type":"error"' in event:
             self.error_event = True
         return True
 

@@ -80,6 +80,5 @@ class StreamScanner:
         """End of upstream: a trailing partial event is passed on as it is."""
         rest = bytes(self._buffer)
         self._buffer.clear()
-        if rest.strip():
-            self.on_event(rest)
-        return rest if self.filtering else b""
+        keep = self.on_event(rest) if rest.strip() else True
+        return rest if self.filtering and keep else b""

@@ -24,7 +24,9 @@ async def insert(conn: asyncpg.Connection, event: UsageEvent, cost_usd: Decimal)
         " model, endpoint, stream, input_tokens, output_tokens, cache_read_tokens,"
         " cache_write_tokens, cache_write_1h_tokens, cost_usd, estimated, outcome,"
         " upstream_request_id, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        " VALUES ($1, $2, (SELECT id FROM api_keys WHERE id = $3),"
+        " (SELECT id FROM provider_keys WHERE id = $4),"
+        " $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         " ON CONFLICT (request_id) DO NOTHING RETURNING id",
         event.request_id,
         event.user_id,
