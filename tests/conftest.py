@@ -226,6 +226,14 @@ class Accounts:
         await invalidation.publish(self.redis, invalidation.key_message(key_hash))
 
 
+@pytest.fixture(autouse=True)
+async def _close_sdk_clients() -> AsyncIterator[None]:
+    from tests.clients import close_all
+
+    yield
+    await close_all()
+
+
 @pytest.fixture
 async def accounts(pg: asyncpg.Pool, redis: Redis) -> Accounts:
     return Accounts(pg, redis)

@@ -10,9 +10,9 @@ import aiohttp
 import anthropic
 import pytest
 
+from tests.clients import anthropic_client
 from tests.conftest import wait_holds_released, wait_settled
 from tests.test_proxy_anthropic import MESSAGES
-from tests.test_proxy_anthropic import client as anthropic_client
 
 pytestmark = pytest.mark.usefixtures("worker")
 

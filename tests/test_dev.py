@@ -13,10 +13,10 @@ import signal
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import openai
 import orjson
 import pytest
 
+from tests.clients import openai_client
 from tests.conftest import free_port
 
 
@@ -77,7 +77,7 @@ async def test_dev_prints_a_working_key_and_curl_line(dev_process):
     assert answer["object"] == "chat.completion"
     assert answer["usage"]["completion_tokens"] > 0
 
-    client = openai.AsyncOpenAI(base_url=f"{base}/v1/openai", api_key=key)
+    client = openai_client(base, key)
     stream = await client.chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], stream=True
     )

@@ -15,10 +15,9 @@ import pytest
 
 from shared import invalidation
 from shared.keys import SecretBox, visible_prefix
+from tests.clients import anthropic_client, openai_client
 from tests.conftest import SECRET_KEY, free_port, start_proxy, wait_holds_released
-from tests.test_proxy_anthropic import client as anthropic_client
 from tests.test_proxy_openai import MESSAGES
-from tests.test_proxy_openai import client as openai_client
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import aiohttp
-import anthropic
 import pytest
 
+from tests.clients import anthropic_client
 from tests.conftest import wait_holds_released, wait_settled
 from tests.expected import expected_cost
 
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 MESSAGES = [{"role": "user", "content": "Hello, Claude"}]
 
 
-def client(proxy_url: str, key: str, **headers: str) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(
-        base_url=f"{proxy_url}/v1/anthropic", api_key=key, max_retries=0, default_headers=headers
-    )
+client = anthropic_client
 
 
 async def test_messages_non_streaming(proxy_url, accounts, pg, redis, catalog_path, upstream):

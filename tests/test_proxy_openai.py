@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import openai
 import pytest
 
+from tests.clients import openai_client
 from tests.conftest import wait_holds_released, wait_settled
 from tests.expected import expected_cost
 
@@ -16,10 +16,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 MESSAGES = [{"role": "user", "content": "Say hello to the meter."}]
 
 
-def client(proxy_url: str, key: str, **headers: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=f"{proxy_url}/v1/openai", api_key=key, max_retries=0, default_headers=headers
-    )
+client = openai_client
 
 
 async def test_chat_non_streaming_is_billed_exactly(proxy_url, accounts, pg, redis, catalog_path):

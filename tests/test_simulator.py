@@ -49,15 +49,19 @@ def base(sim: tuple[str, web.AppRunner]) -> str:
 
 
 @pytest.fixture
-def oai(base: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{base}/openai/v1", api_key="sk-test", max_retries=0)
+async def oai(base: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{base}/openai/v1", api_key="sk-test", max_retries=0
+    ) as client:
+        yield client
 
 
 @pytest.fixture
-def ant(base: str) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(
+async def ant(base: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(
         base_url=f"{base}/anthropic", api_key="sk-ant-test", max_retries=0
-    )
+    ) as client:
+        yield client
 
 
 # --- tokens / directives (pure) ---------------------------------------------------------
@@ -375,16 +379,24 @@ async def test_anthropic_requires_max_tokens(base: str) -> None:
 
 async def test_auth_errors(base: str) -> None:
     bad_oai = openai.AsyncOpenAI(base_url=f"{base}/openai/v1", api_key="sk-invalid", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        await bad_oai.chat.completions.create(model="gpt-4o", messages=HELLO)
     bad_ant = anthropic.AsyncAnthropic(
         base_url=f"{base}/anthropic", api_key="sk-ant-invalid", max_retries=0
     )
-    with pytest.raises(anthropic.AuthenticationError):
-        await bad_ant.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=HELLO)
     limited = openai.AsyncOpenAI(
         base_url=f"{base}/openai/v1", api_key="sk-ratelimited", max_retries=0
     )
+    try:
+        await _auth_errors(base, bad_oai, bad_ant, limited)
+    finally:
+        for client in (bad_oai, bad_ant, limited):
+            await client.close()
+
+
+async def _auth_errors(base, bad_oai, bad_ant, limited) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        await bad_oai.chat.completions.create(model="gpt-4o", messages=HELLO)
+    with pytest.raises(anthropic.AuthenticationError):
+        await bad_ant.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=HELLO)
     with pytest.raises(openai.RateLimitError) as info:
         await limited.responses.create(model="gpt-4o", input="x")
     assert info.value.response.headers["retry-after"] == "1"

@@ -81,6 +81,8 @@ async def set_thresholds(ctx: Context, provider: str, warn: str | None, stop: st
         raise CommandError("nothing to change: give --warn-usd and/or --stop-usd")
     warn_usd = parse_usd(warn, "--warn-usd") if warn is not None else None
     stop_usd = parse_usd(stop, "--stop-usd") if stop is not None else None
+    if any(v is not None and v < 0 for v in (warn_usd, stop_usd)):
+        raise CommandError("thresholds must not be negative")
     await db.set_thresholds(ctx.pg, provider, warn_usd=warn_usd, stop_usd=stop_usd)
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"{provider}: thresholds updated")
