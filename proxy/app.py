@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from proxy import docs
 from proxy.account import account, account_usage
@@ -21,13 +21,13 @@ from proxy.metrics import Metrics
 from proxy.middleware import request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
-from proxy.queue import UsageQueue
 from proxy.state import GATEWAY, SETTINGS, Gateway
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.keys import SecretBox
+from shared.usage_queue import UsageQueue
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -68,7 +68,10 @@ async def metrics(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     catalog = load_catalog(settings.model_catalog)
-    redis = ArqRedis.from_url(settings.redis_url)
+    redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+    listener_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     pg = await create_pool(settings.database_url, min_size=1, max_size=8)
     timeout = aiohttp.ClientTimeout(
         total=None,
@@ -93,7 +96,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gw.pool.load(pg)
     app[GATEWAY] = gw
     tasks = [
-        asyncio.create_task(listen_for_invalidations(gw, redis)),
+        asyncio.create_task(listen_for_invalidations(gw, listener_redis)),
         asyncio.create_task(refresh_periodically(gw, every=10.0)),
     ]
     yield
@@ -105,6 +108,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await http.close()
     await pg.close()
     await redis.aclose()
+    await listener_redis.aclose()
 
 
 def run(settings: Settings, host: str, port: int) -> None:

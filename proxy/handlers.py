@@ -7,6 +7,7 @@ import asyncio
 import orjson
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from proxy.auth import presented_key
 from proxy.errors import ProxyError
@@ -17,11 +18,11 @@ from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
 from shared.events import TokenUsage, UsageEvent
 from shared.money import units_ceil
-from shared.pricing import hold_usd
+from shared.pricing import cost_usd, hold_usd
 
 log = structlog.get_logger("meterway.proxy")
 
-_ENQUEUE_ATTEMPTS = 5
+_ENQUEUE_ATTEMPTS = 3
 
 
 def prompt_estimate(raw: bytes) -> int:
@@ -106,17 +107,22 @@ async def _serve(
     prompt_tokens = prompt_estimate(raw)
     output_cap = adapter.output_cap(body) or price.max_output_tokens
     hold_units = units_ceil(hold_usd(prompt_tokens, output_cap, price, owner.rate_multiplier))
-    if not await gw.holds.place(owner.user_id, request_id, hold_units):
+    try:
+        placed = await gw.holds.place(owner.user_id, request_id, hold_units)
+    except RedisError as exc:  # never serve unmetered
+        log.error("billing_store_unavailable", error=str(exc))
+        raise ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1) from exc
+    if not placed:
         raise ProxyError(402, "Insufficient credit balance", code="insufficient_balance")
 
     try:
         prepared = adapter.prepare(body, raw)
         result = await Relay(gw, request, adapter, prepared, request_id).run()
     except BaseException:
-        await asyncio.shield(gw.holds.release(owner.user_id, request_id))
+        await asyncio.shield(release_quietly(gw, owner.user_id, request_id))
         raise
     if not result.billable:
-        await gw.holds.release(owner.user_id, request_id)
+        await release_quietly(gw, owner.user_id, request_id)
         return result.response
 
     usage, estimated = billed_usage(result, prompt_tokens)
@@ -137,18 +143,37 @@ async def _serve(
         outcome=result.outcome,
         upstream_request_id=result.upstream_request_id,
     )
-    await asyncio.shield(enqueue(gw, event))
+    pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
+    await asyncio.shield(deliver(gw, event, pending_units))
     return result.response
 
 
-async def enqueue(gw: Gateway, event: UsageEvent) -> None:
-    """Enqueue with a few quick retries; a failure is logged loudly, never silent."""
+async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
+    """Release a hold now; if Redis fails, the reaper releases it when it expires."""
+    try:
+        await gw.holds.release(user_id, request_id)
+    except RedisError as exc:
+        log.warning("hold_release_failed", error=str(exc))
+
+
+async def deliver(gw: Gateway, event: UsageEvent, pending_units: int) -> None:
+    """Enqueue for settlement; when Redis fails, spool the event to Postgres,
+    where the worker settles it from. Only both failing loses it, loudly."""
     for attempt in range(_ENQUEUE_ATTEMPTS):
         try:
-            await gw.queue.enqueue(event)
+            await gw.queue.enqueue(event, pending_units)
             return
-        except Exception as exc:  # Redis hiccup: try again shortly
+        except RedisError as exc:
             gw.metrics.inc("meterway_enqueue_failures_total")
             log.warning("enqueue_failed", attempt=attempt + 1, error=str(exc))
-            await asyncio.sleep(0.05 * 2**attempt)
-    log.error("usage_event_lost", event=event.to_json())
+            await asyncio.sleep(0.02 * 2**attempt)
+    try:
+        await gw.pg.execute(
+            "INSERT INTO spooled_events (request_id, event) VALUES ($1, $2)"
+            " ON CONFLICT (request_id) DO NOTHING",
+            event.request_id,
+            event.to_json(),
+        )
+        log.warning("usage_event_spooled")
+    except Exception:
+        log.exception("usage_event_lost", event=event.to_json())

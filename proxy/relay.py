@@ -246,7 +246,7 @@ class Relay:
                 outcome = "upstream_truncated"
         except (ConnectionResetError, asyncio.CancelledError):
             outcome = "client_disconnected"
-            response.close()  # stop generation upstream at once
+            await self._after_client_left(response, scanner)
         except (aiohttp.ClientError, TimeoutError):
             outcome = "upstream_broken"
             await self._end_broken_stream(answer, scanner)
@@ -267,6 +267,23 @@ class Relay:
             upstream_request_id=_upstream_id(response),
             outcome=outcome,
         )
+
+    async def _after_client_left(
+        self, response: aiohttp.ClientResponse, scanner: StreamScanner
+    ) -> None:
+        """`abort`: close upstream at once so generation stops. `finish`: read on,
+        without a client, until the final usage arrives (bounded in time)."""
+        settings = self.gw.settings
+        if settings.client_disconnect_policy == "finish":
+            try:
+                async with asyncio.timeout(settings.finish_timeout_seconds):
+                    async for chunk in response.content.iter_any():
+                        scanner.feed(chunk)
+                    scanner.finish()
+                return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+        response.close()
 
     async def _end_broken_stream(self, answer: web.StreamResponse, scanner: StreamScanner) -> None:
         """Tell the client the stream ended badly, in the provider's own way."""

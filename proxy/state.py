@@ -7,22 +7,22 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 from aiohttp import web
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from proxy.auth import KeyCache
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.metrics import Metrics
-from proxy.queue import UsageQueue
 from shared.catalog import Catalog
 from shared.config import Settings
+from shared.usage_queue import UsageQueue
 
 
 @dataclass(slots=True)
 class Gateway:
     settings: Settings
     catalog: Catalog
-    redis: ArqRedis
+    redis: Redis
     pg: asyncpg.Pool
     http: aiohttp.ClientSession
     keys: KeyCache

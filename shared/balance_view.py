@@ -25,15 +25,6 @@ local units = redis.call('HGET', KEYS[1], 'units')
 if not units then return {-1, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)
-for _, rid in ipairs(expired) do
-  local amount = redis.call('HGET', KEYS[2], rid)
-  if amount then
-    redis.call('HDEL', KEYS[2], rid)
-    if amount ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount) end
-  end
-  redis.call('ZREM', KEYS[3], rid)
-end
 local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
 local available = tonumber(units) - held
 if tonumber(ARGV[2]) > available then return {0, available} end
@@ -41,6 +32,27 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
 return {1, available - tonumber(ARGV[2])}
+"""
+
+# KEYS: bal, holds, holdexp. ARGV: at most this many. Releases holds whose
+# expiry has passed (their proxy never reported back) and returns them as a
+# flat list: request id, units, request id, units, ...
+_REAP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for _, rid in ipairs(expired) do
+  local amount = redis.call('HGET', KEYS[2], rid)
+  if amount then
+    redis.call('HDEL', KEYS[2], rid)
+    if amount ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount) end
+    table.insert(out, rid)
+    table.insert(out, amount)
+  end
+  redis.call('ZREM', KEYS[3], rid)
+end
+return out
 """
 
 # KEYS: bal, holds, holdexp. ARGV: request id. Returns the released units or nil.
@@ -86,6 +98,7 @@ class BalanceView:
         self._hold = redis.register_script(_HOLD)
         self._release = redis.register_script(_RELEASE)
         self._publish = redis.register_script(_PUBLISH)
+        self._reap = redis.register_script(_REAP)
         self._redis = redis
 
     async def hold(self, user_id: int, request_id: str, units: int, ttl_ms: int) -> HoldResult:
@@ -107,6 +120,14 @@ class BalanceView:
             args=[str(units_floor(balance_usd)), str(version), release_request_id],
         )
         return bool(changed)
+
+    async def reap_expired(self, user_id: int, limit: int = 500) -> list[tuple[str, int]]:
+        """Release this user's expired holds; returns (request id, units) pairs."""
+        flat = await self._reap(keys=redis_keys.user_keys(user_id), args=[str(limit)])
+        return [
+            (rid.decode() if isinstance(rid, bytes) else rid, int(units))
+            for rid, units in zip(flat[::2], flat[1::2], strict=True)
+        ]
 
     async def held_units(self, user_id: int) -> int:
         value = await self._redis.hget(redis_keys.balance(user_id), "held")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +30,9 @@ class Settings(BaseSettings):
     alert_operator_emails: str = ""
 
     # Operational knobs beyond the contract (documented in the README).
-    hold_ttl_seconds: int = Field(default=900, ge=30)
+    hold_ttl_seconds: int = Field(default=900, ge=1)
+    client_disconnect_policy: Literal["abort", "finish"] = "abort"
+    finish_timeout_seconds: float = Field(default=120.0, gt=0)
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     settle_job_timeout: int = 20

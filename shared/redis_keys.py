@@ -34,5 +34,10 @@ def user_keys(user_id: int) -> list[str]:
     return [balance(user_id), holds(user_id), hold_expiry(user_id)]
 
 
-def user_pattern() -> str:
-    return f"{PREFIX}:{{u:*}}:bal"
+HOLD_EXPIRY_PATTERN = f"{PREFIX}:{{u:*}}:holdexp"
+
+
+def user_id_of(key: str | bytes) -> int:
+    """The user id inside a per-user key name."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return int(text.split("{u:", 1)[1].split("}", 1)[0])

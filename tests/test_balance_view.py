@@ -54,7 +54,8 @@ def test_user_keys_share_one_cluster_slot():
     for key in keys:
         assert key.startswith("mw:{u:42}:")
     assert redis_keys.balance(4) != redis_keys.balance(42)
-    assert redis_keys.user_pattern() == "mw:{u:*}:bal"
+    assert redis_keys.HOLD_EXPIRY_PATTERN == "mw:{u:*}:holdexp"
+    assert redis_keys.user_id_of(b"mw:{u:42}:holdexp") == 42
 
 
 # ---------------------------------------------------------------- holds
@@ -205,15 +206,17 @@ async def test_publish_releasing_an_unknown_hold(view):
 # ---------------------------------------------------------------- expiry
 
 
-async def test_expired_holds_are_dropped_by_the_next_hold(view, view_redis):
+async def test_expired_holds_are_released_by_the_reaper(view, view_redis):
     await view.publish(USER, Decimal(1), 1)
     await view.hold(USER, "req_old1", 300_000_000, 50)
     await view.hold(USER, "req_old2", 200_000_000, 50)
     await view.hold(USER, "req_live", 100_000_000, TTL)
     assert await view.held_units(USER) == 600_000_000
     await asyncio.sleep(0.1)
-    # nothing is dropped until a hold runs
-    assert await view.held_units(USER) == 600_000_000
+    # holds do not lapse by themselves: an expired hold still counts until reaped
+    assert not (await view.hold(USER, "req_big", 900_000_000, TTL)).placed
+    reaped = await view.reap_expired(USER)
+    assert sorted(reaped) == [("req_old1", 300_000_000), ("req_old2", 200_000_000)]
     result = await view.hold(USER, "req_new", 900_000_000, TTL)
     # the expired 0.5 USD came back: 1 - 0.1 (live) = 0.9 available, all of it taken
     assert result == HoldResult(placed=True, missing_view=False, available_units=0)
@@ -223,17 +226,7 @@ async def test_expired_holds_are_dropped_by_the_next_hold(view, view_redis):
     # a late release of an expired hold does not give its units back twice
     assert await view.release(USER, "req_old1") == 0
     assert await view.held_units(USER) == 1_000_000_000
-
-
-async def test_refused_hold_still_drops_expired_ones(view, view_redis):
-    await view.publish(USER, Decimal(1), 1)
-    await view.hold(USER, "req_old", UNITS_PER_USD, 1)
-    await asyncio.sleep(0.02)
-    result = await view.hold(USER, "req_new", UNITS_PER_USD + 1, TTL)
-    assert result == HoldResult(placed=False, missing_view=False, available_units=UNITS_PER_USD)
-    assert await view.held_units(USER) == 0
-    assert await open_holds(view_redis) == {}
-    assert await expiries(view_redis) == []
+    assert await view.reap_expired(USER) == []
 
 
 async def test_hold_expiry_is_set_from_the_ttl(view, view_redis):
@@ -279,10 +272,11 @@ async def test_zero_unit_hold_can_be_released(view):
     assert await view.held_units(USER) == 0
 
 
-async def test_expired_zero_unit_hold_does_not_break_the_next_hold(view):
+async def test_expired_zero_unit_hold_can_be_reaped(view):
     await view.publish(USER, Decimal(5), 1)
     await view.hold(USER, "req_free", 0, 1)
     await asyncio.sleep(0.02)
+    assert await view.reap_expired(USER) == [("req_free", 0)]
     result = await view.hold(USER, "req_next", UNITS_PER_USD, TTL)
     assert result.placed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from shared.balance_view import BalanceView
@@ -12,7 +13,10 @@ from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.events import SETTLE_JOB, UsageEvent
+from shared.usage_queue import job_deserializer, job_serializer
+from worker.reaper import reap_orphaned_holds
 from worker.settle import SettleDeps, settle_event
+from worker.spool import drain_spool
 
 # A Postgres outage must not drop an event: keep retrying for a long time.
 MAX_TRIES = 10_000
@@ -25,6 +29,17 @@ async def settle_usage(ctx: dict, event_json: str) -> str:
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
         raise Retry(defer=min(2 ** min(ctx["job_try"], 5), 30)) from exc
     return str(result.cost_usd)
+
+
+async def reap_holds(ctx: dict) -> int:
+    return await reap_orphaned_holds(ctx["redis"], ctx["deps"].pg)
+
+
+async def settle_spooled(ctx: dict) -> int:
+    return await drain_spool(ctx["deps"])
+
+
+EVERY_5_SECONDS = set(range(0, 60, 5))
 
 
 def worker_options(settings: Settings) -> dict:
@@ -50,6 +65,10 @@ def worker_options(settings: Settings) -> dict:
                 max_tries=MAX_TRIES,
             )
         ],
+        "cron_jobs": [
+            cron(reap_holds, second=EVERY_5_SECONDS, run_at_startup=True, timeout=60),
+            cron(settle_spooled, second=EVERY_5_SECONDS, run_at_startup=True, timeout=60),
+        ],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "queue_name": settings.queue_name,
@@ -57,6 +76,8 @@ def worker_options(settings: Settings) -> dict:
         "keep_result": 60,
         "max_jobs": 50,
         "poll_delay": 0.05,
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
     }
 
 

@@ -1,0 +1,22 @@
+"""Settles usage events that the proxy spooled to Postgres when Redis was down."""
+
+from __future__ import annotations
+
+import structlog
+
+from shared.events import UsageEvent
+from worker.settle import SettleDeps, settle_event
+
+log = structlog.get_logger("meterway.spool")
+
+
+async def drain_spool(deps: SettleDeps, batch: int = 500) -> int:
+    rows = await deps.pg.fetch(
+        "SELECT request_id, event FROM spooled_events ORDER BY created_at LIMIT $1", batch
+    )
+    for row in rows:
+        await settle_event(deps, UsageEvent.from_json(row["event"]))
+        await deps.pg.execute("DELETE FROM spooled_events WHERE request_id = $1", row["request_id"])
+    if rows:
+        log.info("spool_drained", events=len(rows))
+    return len(rows)
