@@ -43,6 +43,8 @@ EVERY_5_SECONDS = set(range(0, 60, 5))
 
 
 def worker_options(settings: Settings) -> dict:
+    timeout = settings.settle_job_timeout
+
     async def startup(ctx: dict) -> None:
         redis: ArqRedis = ctx["redis"]
         ctx["deps"] = SettleDeps(
@@ -61,13 +63,15 @@ def worker_options(settings: Settings) -> dict:
             func(
                 settle_usage,
                 name=SETTLE_JOB,
-                timeout=settings.settle_job_timeout,
+                timeout=timeout,
                 max_tries=MAX_TRIES,
             )
         ],
         "cron_jobs": [
-            cron(reap_holds, second=EVERY_5_SECONDS, run_at_startup=True, timeout=60),
-            cron(settle_spooled, second=EVERY_5_SECONDS, run_at_startup=True, timeout=60),
+            # arq re-runs a dead worker's jobs after the longest timeout + 10 s,
+            # so no job may have a longer timeout than settlement's
+            cron(reap_holds, second=EVERY_5_SECONDS, run_at_startup=True, timeout=timeout),
+            cron(settle_spooled, second=EVERY_5_SECONDS, run_at_startup=True, timeout=timeout),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

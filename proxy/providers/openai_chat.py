@@ -26,12 +26,19 @@ def usage_from_openai(usage: dict | None, input_name: str, output_name: str) -> 
 _NULL_USAGE = (b'"usage":null', b'"usage": null')
 
 
+def _carries_output(event: bytes) -> bool:
+    """A delta with text or a tool call (the role-only and final chunks carry none)."""
+    if b'"tool_calls"' in event:
+        return True
+    return b'"content":"' in event and b'"content":""' not in event
+
+
 class ChatScanner(StreamScanner):
     def on_event(self, event: bytes) -> bool:
         if b"[DONE]" in event and event_data(event) == b"[DONE]":
             self.complete = True
             return True
-        if b'"delta"' in event:
+        if b'"delta"' in event and _carries_output(event):
             self.deltas += 1
         if b'"usage"' in event and not any(null in event for null in _NULL_USAGE):
             data = event_json(event)
