@@ -196,7 +196,7 @@ def test_chat_scanner_hides_usage_chunk_whatever_the_chunking(nl):
         assert run(scanner, pieces) == expected
         assert scanner.usage == EXPECTED_CHAT_USAGE
         assert scanner.complete is True
-        assert scanner.deltas == 4
+        assert scanner.deltas == 2  # the role-only and final chunks carry no output
         assert scanner.error_event is False
 
 
@@ -220,7 +220,11 @@ def test_chat_scanner_state_as_the_stream_goes():
     events, _ = chat_stream()
     scanner = adapter.scanner(prepared)
     assert scanner.feed(events[0]) == events[0]
-    assert (scanner.deltas, scanner.complete, scanner.usage) == (1, False, None)
+    assert (scanner.deltas, scanner.complete, scanner.usage) == (
+        0,
+        False,
+        None,
+    )  # role only: no output yet
     for event in events[1:4]:
         scanner.feed(event)
     assert scanner.feed(events[4]) == b""  # the usage-only chunk
@@ -243,7 +247,7 @@ def test_chat_scanner_with_client_include_usage_passes_everything(nl):
         assert scanner.finish() == b""
         assert scanner.usage == EXPECTED_CHAT_USAGE
         assert scanner.complete is True
-        assert scanner.deltas == 4
+        assert scanner.deltas == 2
 
 
 def test_chat_scanner_stream_cut_before_done():
@@ -257,7 +261,7 @@ def test_chat_scanner_stream_cut_before_done():
     assert out == upstream
     assert scanner.complete is False
     assert scanner.usage is None
-    assert scanner.deltas == 3
+    assert scanner.deltas == 2
 
 
 def test_chat_scanner_error_event():

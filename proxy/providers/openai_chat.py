@@ -30,7 +30,11 @@ def _carries_output(event: bytes) -> bool:
     """A delta with text or a tool call (the role-only and final chunks carry none)."""
     if b'"tool_calls"' in event:
         return True
-    return b'"content":"' in event and b'"content":""' not in event
+    at = event.find(b'"content":')
+    if at == -1:
+        return False
+    value = event[at + 10 : at + 14].lstrip()
+    return value[:1] == b'"' and value[:2] != b'""'
 
 
 class ChatScanner(StreamScanner):
