@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
+import structlog
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
@@ -17,6 +22,8 @@ from shared.usage_queue import job_deserializer, job_serializer
 from worker.reaper import reap_orphaned_holds
 from worker.settle import SettleDeps, settle_event
 from worker.spool import drain_spool
+
+log = structlog.get_logger("meterway.worker")
 
 # A Postgres outage must not drop an event: keep retrying for a long time.
 MAX_TRIES = 10_000
@@ -90,4 +97,11 @@ def create_worker(settings: Settings, *, handle_signals: bool = True) -> Worker:
 
 
 def run(settings: Settings) -> None:
-    create_worker(settings).run()
+    """Run a worker; when Redis goes away, wait for it and start again."""
+    while True:
+        try:
+            create_worker(settings).run()
+            return
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("worker_lost_redis", error=str(exc))
+            time.sleep(1.0)
