@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.handlers import authenticate
 from proxy.state import GATEWAY, REQUEST_ID
+from shared import daily
 from shared.db import usage as db_usage
 from shared.db import users as db_users
 from shared.money import units_to_usd, usd_str
@@ -25,7 +28,7 @@ async def account(request: web.Request) -> web.Response:
     user = await db_users.by_id(gw.pg, owner.user_id)
     assert user is not None
     held = units_to_usd(await gw.holds.view.held_units(owner.user_id))
-    spend_today = await db_usage.spend_since(gw.pg, user.id, db_usage.start_of_utc_day())
+    spend_today = await spend_today_of(gw, user.id)
     return _json(
         {
             "email": user.email,
@@ -36,6 +39,14 @@ async def account(request: web.Request) -> web.Response:
         },
         request_id,
     )
+
+
+async def spend_today_of(gw, user_id: int) -> Decimal:
+    """From the daily counter; from Postgres when Redis has none (e.g. after a flush)."""
+    key = daily.counter_key("user", user_id)
+    if await gw.redis.exists(key):
+        return await daily.spend(gw.redis, "user", user_id)
+    return await db_usage.spend_since(gw.pg, user_id, db_usage.start_of_utc_day())
 
 
 async def account_usage(request: web.Request) -> web.Response:

@@ -68,7 +68,7 @@ class KeyCache:
             self._entries = {
                 h: e for h, e in self._entries.items() if e[0] is None or e[0].user_id != user_id
             }
-        elif kind != "providers":
+        elif kind not in ("providers", "cool"):
             self._entries.clear()
 
     def clear(self) -> None:

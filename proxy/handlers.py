@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import structlog
@@ -14,6 +15,8 @@ from proxy.errors import ProxyError
 from proxy.providers import Adapter
 from proxy.relay import Relay, RelayResult
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
+from shared import redis_keys
+from shared.balance_view import RateLimit
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
 from shared.events import TokenUsage, UsageEvent
@@ -67,6 +70,19 @@ def priced_model(gw: Gateway, adapter: Adapter, body: dict) -> tuple[str, ModelP
     return model, price
 
 
+def rate_limit_of(owner: KeyOwner) -> RateLimit | None:
+    """The key's per-minute limits, counted in a window shared by all proxies."""
+    if not owner.rpm_limit and not owner.tpm_limit:
+        return None
+    minute = int(time.time() // 60)
+    window = redis_keys.rate_window(owner.user_id, owner.api_key_id, minute)
+    return RateLimit(window, owner.rpm_limit, owner.tpm_limit)
+
+
+def seconds_to_next_minute() -> int:
+    return 60 - int(time.time()) % 60
+
+
 def check_provider(gw: Gateway, provider: str) -> None:
     if gw.pool.is_paused(provider):
         raise ProxyError(
@@ -107,12 +123,20 @@ async def _serve(
     prompt_tokens = prompt_estimate(raw)
     output_cap = adapter.output_cap(body) or price.max_output_tokens
     hold_units = units_ceil(hold_usd(prompt_tokens, output_cap, price, owner.rate_multiplier))
+    limit = rate_limit_of(owner)
     try:
-        placed = await gw.holds.place(owner.user_id, request_id, hold_units)
+        held = await gw.holds.place(owner.user_id, request_id, hold_units, limit)
     except RedisError as exc:  # never serve unmetered
         log.error("billing_store_unavailable", error=str(exc))
         raise ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1) from exc
-    if not placed:
+    if held.rate_limited:
+        raise ProxyError(
+            429,
+            f"Rate limit reached: {held.rate_limited} per minute for this API key",
+            code="rate_limit_exceeded",
+            retry_after=seconds_to_next_minute(),
+        )
+    if not held.placed:
         raise ProxyError(402, "Insufficient credit balance", code="insufficient_balance")
 
     try:
@@ -144,7 +168,8 @@ async def _serve(
         upstream_request_id=result.upstream_request_id,
     )
     pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
-    await asyncio.shield(deliver(gw, event, pending_units))
+    window = limit.window_key if limit and limit.tpm else None
+    await asyncio.shield(deliver(gw, event, pending_units, window))
     return result.response
 
 
@@ -156,12 +181,14 @@ async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
         log.warning("hold_release_failed", error=str(exc))
 
 
-async def deliver(gw: Gateway, event: UsageEvent, pending_units: int) -> None:
+async def deliver(
+    gw: Gateway, event: UsageEvent, pending_units: int, rate_window: str | None = None
+) -> None:
     """Enqueue for settlement; when Redis fails, spool the event to Postgres,
     where the worker settles it from. Only both failing loses it, loudly."""
     for attempt in range(_ENQUEUE_ATTEMPTS):
         try:
-            await gw.queue.enqueue(event, pending_units)
+            await gw.queue.enqueue(event, pending_units, rate_window)
             return
         except RedisError as exc:
             gw.metrics.inc("meterway_enqueue_failures_total")

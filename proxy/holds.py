@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.balance_view import BalanceView
+from shared.balance_view import BalanceView, HoldResult, RateLimit
 from shared.db import users
 
 
@@ -19,12 +19,14 @@ class Holds:
         self._pool = pool
         self._ttl_ms = ttl_seconds * 1000
 
-    async def place(self, user_id: int, request_id: str, units: int) -> bool:
-        result = await self.view.hold(user_id, request_id, units, self._ttl_ms)
+    async def place(
+        self, user_id: int, request_id: str, units: int, limit: RateLimit | None = None
+    ) -> HoldResult:
+        result = await self.view.hold(user_id, request_id, units, self._ttl_ms, limit)
         if result.missing_view:
             await self.load_view(user_id)
-            result = await self.view.hold(user_id, request_id, units, self._ttl_ms)
-        return result.placed
+            result = await self.view.hold(user_id, request_id, units, self._ttl_ms, limit)
+        return result
 
     async def release(self, user_id: int, request_id: str) -> None:
         await self.view.release(user_id, request_id)

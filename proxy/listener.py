@@ -26,6 +26,10 @@ async def listen_for_invalidations(gw: Gateway, redis: Redis) -> None:
             async for message in pubsub.listen():
                 data = message.get("data")
                 text = data.decode() if isinstance(data, bytes) else str(data)
+                if text.startswith("cool:"):
+                    _, key_id, seconds = text.split(":")
+                    gw.pool.cool_down(int(key_id), float(seconds))
+                    continue
                 gw.keys.invalidate(text)
                 if text == PROVIDERS_MESSAGE or not text.startswith(("key:", "user:")):
                     await gw.pool.load(gw.pg)

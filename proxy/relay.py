@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from proxy.errors import ProxyError
 from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.providers import Adapter, PreparedBody
 from proxy.providers.sse import StreamScanner
 from proxy.state import Gateway
-from shared import invalidation
+from shared import invalidation, redis_keys
+from shared.db import alerts as db_alerts
 from shared.db import providers as db_providers
 from shared.events import TokenUsage
 
@@ -155,7 +158,7 @@ class Relay:
                 await self._disable(key, response.status)
                 continue
             if response.status == 429:
-                self.gw.pool.cool_down(key.id, _retry_after(response))
+                await self._cool_down(key, _retry_after(response))
             if response.status == 429 or response.status >= 500:
                 if not retried and self._another_key(provider, tried):
                     response.release()
@@ -187,6 +190,15 @@ class Relay:
         self.gw.metrics.inc("meterway_upstream_retries_total", provider=provider, reason=reason)
         log.warning("upstream_retry", provider=provider, key_prefix=key.prefix, reason=reason)
 
+    async def _cool_down(self, key: UpstreamKey, seconds: float) -> None:
+        """Rest a rate-limited key here at once, and on every other proxy."""
+        self.gw.pool.cool_down(key.id, seconds)
+        try:
+            await self.gw.redis.set(redis_keys.cooling(key.id), 1, px=int(seconds * 1000))
+            await invalidation.publish(self.gw.redis, invalidation.cooling_message(key.id, seconds))
+        except RedisError as exc:
+            log.warning("cooling_not_shared", error=str(exc))
+
     async def _disable(self, key: UpstreamKey, status: int) -> None:
         self.gw.pool.drop(key.id)
         self.gw.metrics.inc("meterway_provider_keys_disabled_total", provider=key.provider)
@@ -196,6 +208,15 @@ class Relay:
         reason = f"upstream answered {status}"
         await db_providers.set_key_status(self.gw.pg, key.id, "disabled", reason)
         await invalidation.publish(self.gw.redis, invalidation.PROVIDERS_MESSAGE)
+        await db_alerts.record(
+            self.gw.pg,
+            "provider_key_disabled",
+            f"provider_key:{key.id}",
+            datetime.now(UTC).date(),
+            f"The {key.provider} key {key.prefix}... (id {key.id}) was disabled: {reason}."
+            f" Re-enable it with `meterway provider-key enable {key.id}` once it is fixed.",
+            self.gw.settings.operator_emails,
+        )
 
     async def _whole(self, response: aiohttp.ClientResponse, key: UpstreamKey) -> RelayResult:
         try:

@@ -18,11 +18,19 @@ from redis.asyncio import Redis
 from shared import redis_keys
 from shared.money import units_floor
 
-# KEYS: bal, holds, holdexp. ARGV: request id, units, ttl ms.
-# Returns {status, available}: 1 placed, 0 does not fit, -1 no balance view.
+# KEYS: bal, holds, holdexp, rate window. ARGV: request id, units, ttl ms, rpm, tpm.
+# Returns {status, available}: 1 placed, 0 does not fit, -1 no balance view,
+# -2 over the key's requests per minute, -3 over its tokens per minute.
 _HOLD = """
 local units = redis.call('HGET', KEYS[1], 'units')
 if not units then return {-1, 0} end
+local rpm = tonumber(ARGV[4])
+local tpm = tonumber(ARGV[5])
+if rpm > 0 or tpm > 0 then
+  local used = redis.call('HMGET', KEYS[4], 'n', 't')
+  if rpm > 0 and tonumber(used[1] or '0') >= rpm then return {-2, 0} end
+  if tpm > 0 and tonumber(used[2] or '0') >= tpm then return {-3, 0} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
@@ -31,6 +39,10 @@ if tonumber(ARGV[2]) > available then return {0, available} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
+if rpm > 0 or tpm > 0 then
+  redis.call('HINCRBY', KEYS[4], 'n', 1)
+  redis.call('EXPIRE', KEYS[4], 120)
+end
 return {1, available - tonumber(ARGV[2])}
 """
 
@@ -89,6 +101,16 @@ class HoldResult:
     placed: bool
     missing_view: bool
     available_units: int
+    rate_limited: str | None = None  # "requests" or "tokens" per minute
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A key's per-minute limits and the Redis window they are counted in."""
+
+    window_key: str
+    rpm: int | None
+    tpm: int | None
 
 
 class BalanceView:
@@ -101,11 +123,23 @@ class BalanceView:
         self._reap = redis.register_script(_REAP)
         self._redis = redis
 
-    async def hold(self, user_id: int, request_id: str, units: int, ttl_ms: int) -> HoldResult:
+    async def hold(
+        self,
+        user_id: int,
+        request_id: str,
+        units: int,
+        ttl_ms: int,
+        limit: RateLimit | None = None,
+    ) -> HoldResult:
+        window = limit.window_key if limit else redis_keys.balance(user_id)
+        rpm = str(limit.rpm or 0) if limit else "0"
+        tpm = str(limit.tpm or 0) if limit else "0"
         status, available = await self._hold(
-            keys=redis_keys.user_keys(user_id), args=[request_id, str(units), str(ttl_ms)]
+            keys=[*redis_keys.user_keys(user_id), window],
+            args=[request_id, str(units), str(ttl_ms), rpm, tpm],
         )
-        return HoldResult(status == 1, status == -1, int(available))
+        limited = {-2: "requests", -3: "tokens"}.get(status)
+        return HoldResult(status == 1, status == -1, int(available), limited)
 
     async def release(self, user_id: int, request_id: str) -> int:
         amount = await self._release(keys=redis_keys.user_keys(user_id), args=[request_id])

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
             raise ValueError("METERWAY_SECRET_KEY must be at least 32 characters")
         return value
 
+    @property
+    def operator_emails(self) -> list[str]:
+        return [a.strip() for a in self.alert_operator_emails.split(",") if a.strip()]
+
     def upstream_base_url(self, provider: str) -> str:
         if provider == "openai":
             return self.upstream_openai_base_url.rstrip("/")

@@ -2,7 +2,7 @@
 
 Proxies cache key lookups and provider state in process and drop entries when a
 message arrives on one Redis pub/sub channel. Messages are short strings:
-`key:<sha256 hex>`, `user:<id>`, `providers`.
+`key:<sha256 hex>`, `user:<id>`, `providers`, `cool:<provider key id>:<seconds>`.
 """
 
 from __future__ import annotations
@@ -26,3 +26,7 @@ def user_message(user_id: int) -> str:
 
 
 PROVIDERS_MESSAGE = "providers"
+
+
+def cooling_message(provider_key_id: int, seconds: float) -> str:
+    return f"cool:{provider_key_id}:{seconds:.3f}"

@@ -30,8 +30,21 @@ def hold_expiry(user_id: int) -> str:
     return f"{_user(user_id)}:holdexp"
 
 
+def rate_window(user_id: int, api_key_id: int, minute: int) -> str:
+    """Hash: requests (`n`) and tokens (`t`) of one API key in one minute."""
+    return f"{_user(user_id)}:rate:{api_key_id}:{minute}"
+
+
 def user_keys(user_id: int) -> list[str]:
     return [balance(user_id), holds(user_id), hold_expiry(user_id)]
+
+
+COOLING_PATTERN = f"{PREFIX}:cooling:*"
+
+
+def cooling(provider_key_id: int) -> str:
+    """String with a TTL: this provider key is cooling down after an upstream 429."""
+    return f"{PREFIX}:cooling:{provider_key_id}"
 
 
 HOLD_EXPIRY_PATTERN = f"{PREFIX}:{{u:*}}:holdexp"

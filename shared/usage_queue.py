@@ -33,8 +33,9 @@ def job_deserializer(data: bytes) -> dict:
     return orjson.loads(data)
 
 
-# KEYS: job, result, queue, bal, holds, holdexp.
-# ARGV: job id, job payload, job ttl ms, score ms, pending units, units - placed, placed.
+# KEYS: job, result, queue, bal, holds, holdexp, rate window.
+# ARGV: job id, job payload, job ttl ms, score ms, pending units, units - placed, placed,
+#       tokens to count against the key's per-minute token limit ('0': none).
 # Returns 1 when the job was added, 0 when a job with this id existed already.
 _ENQUEUE = """
 local added = 0
@@ -53,6 +54,10 @@ elseif old then
 elseif ARGV[5] ~= '0' then
   redis.call('HINCRBY', KEYS[4], 'held', ARGV[5])
 end
+if ARGV[8] ~= '0' then
+  redis.call('HINCRBY', KEYS[7], 't', ARGV[8])
+  redis.call('EXPIRE', KEYS[7], 120)
+end
 return added
 """
 
@@ -62,9 +67,12 @@ class UsageQueue:
         self._script = redis.register_script(_ENQUEUE)
         self._queue_name = queue_name
 
-    async def enqueue(self, event: UsageEvent, pending_units: int) -> bool:
+    async def enqueue(
+        self, event: UsageEvent, pending_units: int, rate_window: str | None = None
+    ) -> bool:
         """Enqueue the event (the request id is the job id) and make its hold a
-        pending charge of `pending_units`. A repeat of the same event is a no-op."""
+        pending charge of `pending_units`; with `rate_window`, count its tokens
+        against the key's per-minute token limit. Repeating an event is a no-op."""
         now_ms = int(time.time() * 1000)
         payload = job_serializer(
             {"t": None, "f": SETTLE_JOB, "a": [event.to_json()], "k": {}, "et": now_ms}
@@ -76,6 +84,7 @@ class UsageQueue:
                 result_key_prefix + event.request_id,
                 self._queue_name,
                 *redis_keys.user_keys(user),
+                rate_window or redis_keys.balance(user),
             ],
             args=[
                 event.request_id,
@@ -85,6 +94,7 @@ class UsageQueue:
                 str(pending_units),
                 str(pending_units - event.hold_units),
                 str(event.hold_units),
+                str(event.usage.input_tokens + event.usage.output_tokens if rate_window else 0),
             ],
         )
         return bool(added)

@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.events import SETTLE_JOB, UsageEvent
 from shared.usage_queue import job_deserializer, job_serializer
+from worker.mailer import send_pending
 from worker.reaper import reap_orphaned_holds
 from worker.settle import SettleDeps, settle_event
 from worker.spool import drain_spool
@@ -46,6 +47,11 @@ async def settle_spooled(ctx: dict) -> int:
     return await drain_spool(ctx["deps"])
 
 
+async def mail_alerts(ctx: dict) -> int:
+    deps: SettleDeps = ctx["deps"]
+    return await send_pending(deps.pg, deps.settings)
+
+
 EVERY_5_SECONDS = set(range(0, 60, 5))
 
 
@@ -58,6 +64,8 @@ def worker_options(settings: Settings) -> dict:
             pg=await create_pool(settings.database_url, min_size=1, max_size=10),
             catalog=load_catalog(settings.model_catalog),
             view=BalanceView(redis),
+            redis=redis,
+            settings=settings,
         )
 
     async def shutdown(ctx: dict) -> None:
@@ -79,6 +87,7 @@ def worker_options(settings: Settings) -> dict:
             # so no job may have a longer timeout than settlement's
             cron(reap_holds, second=EVERY_5_SECONDS, run_at_startup=True, timeout=timeout),
             cron(settle_spooled, second=EVERY_5_SECONDS, run_at_startup=True, timeout=timeout),
+            cron(mail_alerts, second=EVERY_5_SECONDS, run_at_startup=True, timeout=timeout),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

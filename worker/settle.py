@@ -14,13 +14,16 @@ from decimal import Decimal
 
 import asyncpg
 import structlog
+from redis.asyncio import Redis
 
 from shared.balance_view import BalanceView
 from shared.catalog import Catalog
+from shared.config import Settings
 from shared.db import usage as db_usage
 from shared.db import users as db_users
 from shared.events import UsageEvent
 from shared.pricing import cost_usd
+from worker.alerts import Payer, check_after_settlement
 
 log = structlog.get_logger("meterway.settle")
 
@@ -42,6 +45,8 @@ class SettleDeps:
     pg: asyncpg.Pool
     catalog: Catalog
     view: BalanceView
+    redis: Redis
+    settings: Settings
 
 
 async def settle_event(deps: SettleDeps, event: UsageEvent) -> Settlement:
@@ -49,12 +54,14 @@ async def settle_event(deps: SettleDeps, event: UsageEvent) -> Settlement:
     if price is None:
         raise UnpricedModel(f"no price for model {event.model!r}")
     async with deps.pg.acquire() as conn, conn.transaction():
-        rate = await conn.fetchval(
-            "SELECT rate_multiplier FROM users WHERE id = $1 FOR UPDATE", event.user_id
+        user = await conn.fetchrow(
+            "SELECT email, rate_multiplier, daily_alert_usd, low_balance_usd FROM users"
+            " WHERE id = $1 FOR UPDATE",
+            event.user_id,
         )
-        if rate is None:
+        if user is None:
             raise LookupError(f"no user {event.user_id}")
-        cost = cost_usd(event.usage, price, rate)
+        cost = cost_usd(event.usage, price, user["rate_multiplier"])
         charged = await db_usage.insert(conn, event, cost)
         if charged:
             balance, version = await db_users.change_balance(
@@ -70,6 +77,14 @@ async def settle_event(deps: SettleDeps, event: UsageEvent) -> Settlement:
             assert current is not None
             balance, version = current
     await deps.view.publish(event.user_id, balance, version, release_request_id=event.request_id)
+    if charged:
+        payer = Payer(
+            event.user_id, user["email"], user["daily_alert_usd"], user["low_balance_usd"], balance
+        )
+        try:
+            await check_after_settlement(deps.pg, deps.redis, deps.settings, event, cost, payer)
+        except Exception:  # counters and alerts must never undo a settlement
+            log.exception("alert_check_failed", request_id=event.request_id)
     log.info(
         "settled" if charged else "already_settled",
         request_id=event.request_id,

@@ -6,7 +6,7 @@ import json
 
 from meterway.commands.accounts import parse_usd
 from meterway.context import CommandError, Context
-from shared import invalidation
+from shared import daily, invalidation, redis_keys
 from shared.catalog import PROVIDERS
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
@@ -34,13 +34,16 @@ async def key_add(ctx: Context, provider: str, secret: str, name: str) -> None:
 async def key_list(ctx: Context, provider: str | None, as_json: bool) -> None:
     if provider is not None:
         check_provider(provider)
+    cooling = set()
+    async for key in ctx.redis.scan_iter(match=redis_keys.COOLING_PATTERN):
+        cooling.add(int(key.rsplit(b":", 1)[1]))
     rows = [
         {
             "id": k.id,
             "provider": k.provider,
             "name": k.name,
             "prefix": k.prefix,
-            "status": k.status,
+            "status": "cooling" if k.status == "active" and k.id in cooling else k.status,
             "created": k.created_at.isoformat(),
         }
         for k in await db.list_keys(ctx.pg, provider)
@@ -71,6 +74,11 @@ async def key_remove(ctx: Context, key_id: int) -> None:
 async def pause(ctx: Context, provider: str, paused: bool) -> None:
     check_provider(provider)
     await db.set_paused(ctx.pg, provider, paused, "paused by operator" if paused else None)
+    if not paused:
+        try:
+            await daily.mark_resume(ctx.redis, provider)
+        except Exception as exc:
+            raise CommandError(f"resumed, but Redis did not take the resume point: {exc}") from exc
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"{provider} {'paused' if paused else 'active'}")
 

@@ -1,0 +1,79 @@
+"""Daily counters in Redis: spend and requests per user, provider, model and
+API key for the current UTC day, kept for a week.
+
+Spend is counted in integer pico-dollars (1e-12 USD) with HINCRBY, so reads are
+one HGET and sums stay exact for every catalog price. The worker increments
+them once per settled request (only when Postgres recorded a new charge).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from redis.asyncio import Redis
+
+from shared.events import UsageEvent
+from shared.redis_keys import PREFIX
+
+PICO = Decimal("1e-12")
+KEEP_SECONDS = 8 * 24 * 3600
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def counter_key(kind: str, name: str | int, day: date | None = None) -> str:
+    """`kind` is user, provider, model or key."""
+    return f"{PREFIX}:day:{(day or today()).isoformat()}:{kind}:{name}"
+
+
+def to_pico(amount: Decimal) -> int:
+    return int(amount.quantize(PICO, rounding=ROUND_HALF_EVEN).scaleb(12))
+
+
+def from_pico(value: int | bytes | str | None) -> Decimal:
+    return Decimal(int(value or 0)).scaleb(-12)
+
+
+async def record(redis: Redis, event: UsageEvent, cost: Decimal) -> tuple[Decimal, Decimal]:
+    """Count one settled request; returns the user's and the provider's spend today."""
+    pico = to_pico(cost)
+    day = event.created_at.astimezone(UTC).date()
+    keys = [
+        counter_key("user", event.user_id, day),
+        counter_key("provider", event.provider, day),
+        counter_key("model", event.model, day),
+        counter_key("key", event.api_key_id, day),
+    ]
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hincrby(key, "spend", pico)
+        pipe.hincrby(key, "requests", 1)
+        pipe.expire(key, KEEP_SECONDS)
+    results = await pipe.execute()
+    return from_pico(results[0]), from_pico(results[3])
+
+
+async def spend(redis: Redis, kind: str, name: str | int, day: date | None = None) -> Decimal:
+    return from_pico(await redis.hget(counter_key(kind, name, day), "spend"))
+
+
+async def requests(redis: Redis, kind: str, name: str | int, day: date | None = None) -> int:
+    return int(await redis.hget(counter_key(kind, name, day), "requests") or 0)
+
+
+async def mark_resume(redis: Redis, provider: str) -> Decimal:
+    """Remember the provider's spend at a manual resume: its stop threshold then
+    counts again from here, so a resume is not undone by the very next request."""
+    key = counter_key("provider", provider)
+    current = await redis.hget(key, "spend")
+    await redis.hset(key, "resumed_at_spend", int(current or 0))
+    await redis.expire(key, KEEP_SECONDS)
+    return from_pico(current)
+
+
+async def spend_since_resume(redis: Redis, provider: str) -> Decimal:
+    values = await redis.hmget(counter_key("provider", provider), "spend", "resumed_at_spend")
+    return from_pico(values[0]) - from_pico(values[1])

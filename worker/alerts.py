@@ -1,0 +1,125 @@
+"""Alert rules checked after each settlement, and the provider auto-pause.
+
+Rules (each fires at most once per UTC day per subject, across all workers:
+a Redis SET NX gates it, a unique row in Postgres records it):
+- user_daily_spend: the user's spend today reached `daily_alert_usd`;
+- user_low_balance: the balance fell below `low_balance_usd` (default 1 USD);
+- provider_daily_warn: a provider's spend today reached its `warn_usd`;
+- provider_auto_paused: a provider's spend since its last resume today reached
+  `stop_usd`; the provider is paused at once and every proxy refuses it with 429.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+import structlog
+from redis.asyncio import Redis
+
+from shared import daily, invalidation
+from shared.config import Settings
+from shared.db import alerts as db_alerts
+from shared.events import UsageEvent
+from shared.money import usd_str
+from shared.redis_keys import PREFIX
+
+log = structlog.get_logger("meterway.alerts")
+GATE_SECONDS = 2 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """The settled user's alert settings, read in the settlement transaction."""
+
+    user_id: int
+    email: str
+    daily_alert_usd: Decimal | None
+    low_balance_usd: Decimal | None
+    balance_usd: Decimal
+
+
+async def fire(
+    pg,
+    redis: Redis,
+    settings: Settings,
+    rule: str,
+    subject: str,
+    message: str,
+    recipients: list[str],
+    occurrence: int = 0,
+) -> bool:
+    """Record an alert once per rule, subject and day; the mailer sends it."""
+    day = daily.today()
+    gate = f"{PREFIX}:alert:{day.isoformat()}:{rule}:{subject}:{occurrence}"
+    if not await redis.set(gate, 1, nx=True, ex=GATE_SECONDS):
+        return False
+    if not await db_alerts.record(pg, rule, subject, day, message, recipients, occurrence):
+        return False
+    log.warning("alert", rule=rule, subject=subject, alert_message=message)
+    return True
+
+
+async def check_after_settlement(
+    pg, redis: Redis, settings: Settings, event: UsageEvent, cost: Decimal, payer: Payer
+) -> None:
+    user_spend, provider_spend = await daily.record(redis, event, cost)
+    if payer.daily_alert_usd is not None and user_spend >= payer.daily_alert_usd:
+        await fire(
+            pg, redis, settings, "user_daily_spend", f"user:{payer.user_id}",
+            f"Your Meterway spend today is {usd_str(user_spend)} USD, at or above your"
+            f" daily alert of {usd_str(payer.daily_alert_usd)} USD.",
+            [payer.email],
+        )  # fmt: skip
+    if payer.low_balance_usd is not None and payer.balance_usd < payer.low_balance_usd:
+        await fire(
+            pg, redis, settings, "user_low_balance", f"user:{payer.user_id}",
+            f"Your Meterway balance is {usd_str(payer.balance_usd)} USD, below your"
+            f" low-balance alert of {usd_str(payer.low_balance_usd)} USD.",
+            [payer.email],
+        )  # fmt: skip
+    await check_provider(pg, redis, settings, event.provider, provider_spend)
+
+
+async def check_provider(
+    pg, redis: Redis, settings: Settings, provider: str, spend_today: Decimal
+) -> None:
+    row = await pg.fetchrow(
+        "SELECT paused, warn_usd, stop_usd FROM providers WHERE name = $1", provider
+    )
+    if row is None:
+        return
+    if row["warn_usd"] is not None and spend_today >= row["warn_usd"]:
+        await fire(
+            pg, redis, settings, "provider_daily_warn", f"provider:{provider}",
+            f"{provider} spend today is {usd_str(spend_today)} USD, at or above the warn"
+            f" threshold of {usd_str(row['warn_usd'])} USD.",
+            settings.operator_emails,
+        )  # fmt: skip
+    if row["stop_usd"] is None or row["paused"]:
+        return
+    since_resume = await daily.spend_since_resume(redis, provider)
+    if since_resume >= row["stop_usd"]:
+        await auto_pause(pg, redis, settings, provider, spend_today, row["stop_usd"])
+
+
+async def auto_pause(
+    pg, redis: Redis, settings: Settings, provider: str, spend: Decimal, stop: Decimal
+) -> None:
+    reason = f"auto: daily spend {usd_str(spend)} USD reached stop threshold {usd_str(stop)} USD"
+    paused = await pg.fetchval(
+        "UPDATE providers SET paused = true, paused_reason = $2, paused_at = now(),"
+        " updated_at = now() WHERE name = $1 AND NOT paused RETURNING name",
+        provider,
+        reason,
+    )
+    if paused is None:
+        return  # another worker (or an operator) paused it first
+    await invalidation.publish(redis, invalidation.PROVIDERS_MESSAGE)
+    occurrence = await redis.hincrby(daily.counter_key("provider", provider), "pauses", 1)
+    await fire(
+        pg, redis, settings, "provider_auto_paused", f"provider:{provider}",
+        f"{provider} was paused automatically: {reason}. Resume it with"
+        f" `meterway provider resume {provider}`.",
+        settings.operator_emails, occurrence=occurrence,
+    )  # fmt: skip
