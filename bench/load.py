@@ -135,8 +135,10 @@ async def latency_pairs(
     for i in range(warmup + n):
         if loop.time() > deadline:
             break
-        order = ((direct, pairs.direct_ttfb, pairs.direct_total),
-                 (proxy, pairs.proxy_ttfb, pairs.proxy_total))  # fmt: skip
+        order = (
+            (direct, pairs.direct_ttfb, pairs.direct_total),
+            (proxy, pairs.proxy_ttfb, pairs.proxy_total),
+        )
         for target, ttfbs, totals in order if i % 2 == 0 else order[::-1]:
             try:
                 ttfb, total = await request_once(session, target, body, stream, tally)

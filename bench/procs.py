@@ -86,6 +86,13 @@ def _all_pids() -> Iterable[int]:
             yield int(entry)
 
 
+def comm_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def pids_by_comm(comm: str) -> list[int]:
     found = []
     for pid in _all_pids():

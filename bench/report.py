@@ -101,38 +101,75 @@ def targets(results: dict) -> list[dict]:
         rows.append({"target": name, "measured": measured, "goal": goal, "status": status})
 
     tp = ("throughput",)
-    add("proxy CPU per request, non-streaming (c=64)",
+    add(
+        "proxy CPU per request, non-streaming (c=64)",
         _get(results, *tp, "nonstream", "proxy", "proxy_cpu_ms_per_req"),
-        "≤ 0.3 ms", "{:.3f} ms", lambda v: v <= 0.3)  # fmt: skip
-    add("proxy CPU per 20-chunk stream (c=64)",
+        "≤ 0.3 ms",
+        "{:.3f} ms",
+        lambda v: v <= 0.3,
+    )
+    add(
+        "proxy CPU per 20-chunk stream (c=64)",
         _get(results, *tp, "stream", "proxy", "proxy_cpu_ms_per_req"),
-        "≤ 0.6 ms", "{:.3f} ms", lambda v: v <= 0.6)  # fmt: skip
-    add("added latency p50, non-streaming (c=1)",
+        "≤ 0.6 ms",
+        "{:.3f} ms",
+        lambda v: v <= 0.6,
+    )
+    add(
+        "added latency p50, non-streaming (c=1)",
         _get(results, "latency", "nonstream_total", "added_p50_ms"),
-        "≤ 1 ms", "{:.2f} ms", lambda v: v <= 1.0)  # fmt: skip
-    add("added latency p99, non-streaming (c=1)",
+        "≤ 1 ms",
+        "{:.2f} ms",
+        lambda v: v <= 1.0,
+    )
+    add(
+        "added latency p99, non-streaming (c=1)",
         _get(results, "latency", "nonstream_total", "added_p99_ms"),
-        "≤ 3 ms", "{:.2f} ms", lambda v: v <= 3.0)  # fmt: skip
-    add("added time to first byte p50, streaming (c=1)",
+        "≤ 3 ms",
+        "{:.2f} ms",
+        lambda v: v <= 3.0,
+    )
+    add(
+        "added time to first byte p50, streaming (c=1)",
         _get(results, "latency", "stream_ttfb", "added_p50_ms"),
-        "≤ 1 ms", "{:.2f} ms", lambda v: v <= 1.0)  # fmt: skip
-    add("requests/s, non-streaming, one proxy (c=64)",
+        "≤ 1 ms",
+        "{:.2f} ms",
+        lambda v: v <= 1.0,
+    )
+    add(
+        "requests/s, non-streaming, one proxy (c=64)",
         _get(results, *tp, "nonstream", "proxy", "rps"),
-        "≥ 2,000", "{:,.0f}", lambda v: v >= 2000)  # fmt: skip
-    add("streams/s (20 chunks), one proxy (c=64)",
+        "≥ 2,000",
+        "{:,.0f}",
+        lambda v: v >= 2000,
+    )
+    add(
+        "streams/s (20 chunks), one proxy (c=64)",
         _get(results, *tp, "stream", "proxy", "rps"),
-        "≥ 1,000", "{:,.0f}", lambda v: v >= 1000)  # fmt: skip
+        "≥ 1,000",
+        "{:,.0f}",
+        lambda v: v >= 1000,
+    )
     mem = results.get("memory") or {}
     rss10k = _get(results, "memory", "rss_for_10k_bytes")
     note = ""
     if rss10k is not None and mem.get("streams_open", 0) < 10_000:
         note = f"projected from {mem.get('streams_open', 0):,} open streams"
-    add("proxy RSS with 10,000 open streams",
+    add(
+        "proxy RSS with 10,000 open streams",
         None if rss10k is None else rss10k / MIB,
-        "≤ 1 GiB", "{:,.0f} MiB", lambda v: v * MIB <= GIB, note)  # fmt: skip
-    add("worker settlement events/s",
+        "≤ 1 GiB",
+        "{:,.0f} MiB",
+        lambda v: v * MIB <= GIB,
+        note,
+    )
+    add(
+        "worker settlement events/s",
         _get(results, "worker", "events_per_s"),
-        "≥ 10,000", "{:,.0f}", lambda v: v >= 10_000)  # fmt: skip
+        "≥ 10,000",
+        "{:,.0f}",
+        lambda v: v >= 10_000,
+    )
     return rows
 
 
@@ -198,8 +235,14 @@ def _comparison(results: dict) -> list[str]:
         ]
     ]
     for name, c in COMPARISON.items():
-        rows.append([f"{name} (from the issue)", f"{c['cpu_ms']}", f"+{c['added_p50_ms']}",
-                     f"~{c['rps_c64']}"])  # fmt: skip
+        rows.append(
+            [
+                f"{name} (from the issue)",
+                f"{c['cpu_ms']}",
+                f"+{c['added_p50_ms']}",
+                f"~{c['rps_c64']}",
+            ]
+        )
     return [
         "",
         "## Comparison (non-streaming)",
@@ -219,20 +262,29 @@ def _latency_section(results: dict) -> list[str]:
         ("stream_total", "stream (20 chunks), total"),
     ):
         d = lat[key]
-        rows.append([label, _ms(d["direct"]["p50"]), _ms(d["proxy"]["p50"]),
-                     _ms(d["added_p50_ms"]), _ms(d["direct"]["p99"]), _ms(d["proxy"]["p99"]),
-                     _ms(d["added_p99_ms"])])  # fmt: skip
+        rows.append(
+            [
+                label,
+                _ms(d["direct"]["p50"]),
+                _ms(d["proxy"]["p50"]),
+                _ms(d["added_p50_ms"]),
+                _ms(d["direct"]["p99"]),
+                _ms(d["proxy"]["p99"]),
+                _ms(d["added_p99_ms"]),
+            ]
+        )
     errors = lat.get("errors") or {}
     return [
         "",
         f"## Latency at concurrency 1 ({lat['n']:,} interleaved requests per path, ms)",
         "",
-        _table(["", "direct p50", "proxy p50", "added p50", "direct p99", "proxy p99",
-                "added p99"], rows),  # fmt: skip
+        _table(
+            ["", "direct p50", "proxy p50", "added p50", "direct p99", "proxy p99", "added p99"],
+            rows,
+        ),
         "",
         f"proxy CPU per request at c=1: {_ms(lat.get('proxy_cpu_ms_per_req_c1'))} ms"
-        " (non-streaming and streaming requests mixed)"
-        + (f"; errors: {errors}" if errors else ""),
+        " (non-streaming and streaming requests mixed)" + (f"; errors: {errors}" if errors else ""),
     ]
 
 
@@ -244,18 +296,40 @@ def _throughput_section(results: dict) -> list[str]:
     for kind, label in (("nonstream", "non-streaming"), ("stream", "stream, 20 chunks")):
         for path in ("direct", "proxy"):
             d = tp[kind][path]
-            rows.append([f"{label}, {path}", _f(d["rps"]), _ms(d["p50_ms"]), _ms(d["p99_ms"]),
-                         _ms(d.get("proxy_cpu_ms_per_req")), _ms(d["sim_cpu_ms_per_req"]),
-                         _ms(d["client_cpu_ms_per_req"]), _ms(d["redis_cpu_ms_per_req"]),
-                         _f(d["machine_busy_pct"], ".0f") + " %", str(d["errors"])])  # fmt: skip
+            rows.append(
+                [
+                    f"{label}, {path}",
+                    _f(d["rps"]),
+                    _ms(d["p50_ms"]),
+                    _ms(d["p99_ms"]),
+                    _ms(d.get("proxy_cpu_ms_per_req")),
+                    _ms(d["sim_cpu_ms_per_req"]),
+                    _ms(d["client_cpu_ms_per_req"]),
+                    _ms(d["redis_cpu_ms_per_req"]),
+                    _f(d["machine_busy_pct"], ".0f") + " %",
+                    str(d["errors"]),
+                ]
+            )
     return [
         "",
         f"## Throughput at concurrency {tp['concurrency']}, one proxy process"
         f" ({tp['duration_s']:g} s per run)",
         "",
-        _table(["run", "req/s", "p50 ms", "p99 ms", "proxy CPU ms/req", "simulator CPU ms/req",
-                "load generator CPU ms/req", "Redis CPU ms/req", "machine busy", "errors"],
-               rows),  # fmt: skip
+        _table(
+            [
+                "run",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "proxy CPU ms/req",
+                "simulator CPU ms/req",
+                "load generator CPU ms/req",
+                "Redis CPU ms/req",
+                "machine busy",
+                "errors",
+            ],
+            rows,
+        ),
         "",
         f"proxy peak RSS (VmHWM) after the throughput runs: {_f(tp['proxy_hwm_mib'], '.0f')} MiB",
     ]
@@ -269,17 +343,26 @@ def _memory_section(results: dict) -> list[str]:
         "",
         f"## Memory with {mem['streams_open']:,} open slow streams (one proxy)",
         "",
-        _table(["", "value"], [
-            ["streams requested / open", f"{mem['streams_requested']:,} / {mem['streams_open']:,}"],
-            ["time to open them all", f"{mem['open_seconds']:.1f} s"],
-            ["proxy RSS idle", f"{mem['rss_idle_bytes'] / MIB:,.0f} MiB"],
-            ["proxy RSS with the streams open", f"{mem['rss_open_bytes'] / MIB:,.0f} MiB"],
-            ["RSS per open stream", f"{mem['rss_per_stream_bytes'] / 1024:,.1f} KiB"],
-            ["projected RSS for 10,000 streams", f"{mem['rss_for_10k_bytes'] / MIB:,.0f} MiB"],
-            ["proxy CPU while holding them (1 chunk/s each)", f"{mem['proxy_cpu_pct_open']:.0f} %"],
-            ["proxy RSS after closing them", f"{mem['rss_after_close_bytes'] / MIB:,.0f} MiB"],
-            ["proxy peak RSS (VmHWM)", f"{mem['hwm_bytes'] / MIB:,.0f} MiB"],
-        ]),  # fmt: skip
+        _table(
+            ["", "value"],
+            [
+                [
+                    "streams requested / open",
+                    f"{mem['streams_requested']:,} / {mem['streams_open']:,}",
+                ],
+                ["time to open them all", f"{mem['open_seconds']:.1f} s"],
+                ["proxy RSS idle", f"{mem['rss_idle_bytes'] / MIB:,.0f} MiB"],
+                ["proxy RSS with the streams open", f"{mem['rss_open_bytes'] / MIB:,.0f} MiB"],
+                ["RSS per open stream", f"{mem['rss_per_stream_bytes'] / 1024:,.1f} KiB"],
+                ["projected RSS for 10,000 streams", f"{mem['rss_for_10k_bytes'] / MIB:,.0f} MiB"],
+                [
+                    "proxy CPU while holding them (1 chunk/s each)",
+                    f"{mem['proxy_cpu_pct_open']:.0f} %",
+                ],
+                ["proxy RSS after closing them", f"{mem['rss_after_close_bytes'] / MIB:,.0f} MiB"],
+                ["proxy peak RSS (VmHWM)", f"{mem['hwm_bytes'] / MIB:,.0f} MiB"],
+            ],
+        ),
     ]
     if mem.get("note"):
         lines += ["", mem["note"]]
@@ -297,15 +380,18 @@ def _worker_section(results: dict) -> list[str]:
             "",
             "## Worker settlement (one worker process)",
             "",
-            _table(["", "value"], [
-                ["backlog enqueued", f"{w['events']:,} events ({w['enqueue_per_s']:,.0f}/s)"],
-                ["settled", f"{w['settled']:,} in {w['wall_s']:.1f} s from worker start"],
-                ["events/s (first to last settlement)", _f(w["events_per_s"])],
-                ["worker CPU per event", f"{_ms(w['worker_cpu_ms_per_event'])} ms"],
-                ["Postgres CPU per event", f"{_ms(w['postgres_cpu_ms_per_event'])} ms"],
-                ["Redis CPU per event", f"{_ms(w['redis_cpu_ms_per_event'])} ms"],
-                ["balance exact afterwards", str(w["balance"]["exact"])],
-            ]),  # fmt: skip
+            _table(
+                ["", "value"],
+                [
+                    ["backlog enqueued", f"{w['events']:,} events ({w['enqueue_per_s']:,.0f}/s)"],
+                    ["settled", f"{w['settled']:,} in {w['wall_s']:.1f} s from worker start"],
+                    ["events/s (first to last settlement)", _f(w["events_per_s"])],
+                    ["worker CPU per event", f"{_ms(w['worker_cpu_ms_per_event'])} ms"],
+                    ["Postgres CPU per event", f"{_ms(w['postgres_cpu_ms_per_event'])} ms"],
+                    ["Redis CPU per event", f"{_ms(w['redis_cpu_ms_per_event'])} ms"],
+                    ["balance exact afterwards", str(w["balance"]["exact"])],
+                ],
+            ),
         ]
     if backlog:
         lines += [
@@ -330,16 +416,21 @@ def _nginx_section(results: dict) -> list[str]:
         f"## Two proxies behind nginx (non-streaming, c={ng['concurrency']},"
         f" {ng['duration_s']:g} s)",
         "",
-        _table(["", "value"], [
-            ["requests/s", _f(ng["rps"])],
-            ["p50 / p99 ms", f"{_ms(ng['p50_ms'])} / {_ms(ng['p99_ms'])}"],
-            ["CPU ms/req: proxies, nginx, simulator, load generator",
-             f"{_ms(ng['proxy_cpu_ms_per_req'])}, {_ms(ng['nginx_cpu_ms_per_req'])},"
-             f" {_ms(ng['sim_cpu_ms_per_req'])}, {_ms(ng['client_cpu_ms_per_req'])}"],
-            ["machine busy", f"{ng['machine_busy_pct']:.0f} %"],
-            ["errors", str(ng["errors"])],
-            ["balance exact afterwards", str(ng["balance"]["exact"])],
-        ]),  # fmt: skip
+        _table(
+            ["", "value"],
+            [
+                ["requests/s", _f(ng["rps"])],
+                ["p50 / p99 ms", f"{_ms(ng['p50_ms'])} / {_ms(ng['p99_ms'])}"],
+                [
+                    "CPU ms/req: proxies, nginx, simulator, load generator",
+                    f"{_ms(ng['proxy_cpu_ms_per_req'])}, {_ms(ng['nginx_cpu_ms_per_req'])},"
+                    f" {_ms(ng['sim_cpu_ms_per_req'])}, {_ms(ng['client_cpu_ms_per_req'])}",
+                ],
+                ["machine busy", f"{ng['machine_busy_pct']:.0f} %"],
+                ["errors", str(ng["errors"])],
+                ["balance exact afterwards", str(ng["balance"]["exact"])],
+            ],
+        ),
     ]
 
 

@@ -146,7 +146,9 @@ async def wait_settled(
     return False
 
 
-async def settle_span(pg: asyncpg.Pool, after_id: int) -> tuple[int, datetime | None, datetime | None]:
+async def settle_span(
+    pg: asyncpg.Pool, after_id: int
+) -> tuple[int, datetime | None, datetime | None]:
     """Records settled since `after_id`: count, first and last settlement times."""
     row = await pg.fetchrow(
         "SELECT count(*) AS n, min(settled_at) AS first, max(settled_at) AS last"

@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=9100)
     mock.add_argument("--chunk-delay-ms", type=float, default=0.0)
     sub.add_parser("reconcile", help="check ledger, usage and Redis balances; non-zero on drift")
+    alerts = sub.add_parser("alerts", help="the alerts log").add_subparsers(
+        dest="action", required=True
+    )
+    al = alerts.add_parser("list")
+    al.add_argument("--days", type=int, default=7)
+    al.add_argument("--json", action="store_true")
 
     user = sub.add_parser("user", help="create or change users").add_subparsers(
         dest="action", required=True
@@ -92,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]]:
-    from meterway.commands import accounts, providers, reconcile
+    from meterway.commands import accounts, alerts, providers, reconcile
 
     table: dict[tuple[str, str | None], Callable[[Context], Awaitable[None]]] = {
         ("user", "create"): lambda c: accounts.user_create(
@@ -122,6 +128,7 @@ def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]
         ),
         ("provider", "list"): lambda c: providers.provider_list(c, a.json),
         ("reconcile", None): reconcile.run,
+        ("alerts", "list"): lambda c: alerts.alerts_list(c, a.days, a.json),
     }
     return table[(a.command, getattr(a, "action", None))]
 

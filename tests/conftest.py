@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,9 +31,10 @@ from shared.db import api_keys, providers, users
 from shared.db.migrate import migrate
 from shared.keys import SecretBox, hash_proxy_key, new_proxy_key, visible_prefix
 from simulator.app import start as start_simulator
+from tests.stack import RedisServer, Stack
+from tests.util import SECRET_KEY, free_port
 from worker.main import create_worker
 
-SECRET_KEY = "test-secret-key-that-is-long-enough-0123456789"
 TEST_MODELS = {
     # a model with a markup, to test the model multiplier
     "gpt-4o-markup": {
@@ -53,12 +53,6 @@ TEST_MODELS = {
         "max_output_tokens": 8192,
     },
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -260,3 +254,29 @@ async def wait_holds_released(redis: Redis, user_id: int, timeout: float = 10.0)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("holds were not released")
         await asyncio.sleep(0.05)
+
+
+# --- real processes (fault, alert and limit tests) ------------------------------------------
+
+
+@pytest.fixture
+async def private_redis():
+    server = RedisServer()
+    await server.start()
+    client = Redis.from_url(server.url)
+    yield server, client
+    await client.aclose()
+    await server.stop()
+
+
+@pytest.fixture
+async def stack(database_url, private_redis, upstream, catalog_path):
+    server, _ = private_redis
+    s = Stack(database_url, server.url, upstream.base, str(catalog_path))
+    yield s
+    await s.stop_all()
+
+
+@pytest.fixture
+def books(pg, private_redis):
+    return Accounts(pg, private_redis[1])

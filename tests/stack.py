@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.conftest import SECRET_KEY, free_port
+from tests.util import SECRET_KEY, free_port
 
 
 async def wait_http(url: str, timeout: float = 15.0) -> None:

@@ -16,35 +16,12 @@ from redis.asyncio import Redis
 
 from shared.balance_view import BalanceView
 from tests.clients import anthropic_client, openai_client
-from tests.conftest import Accounts, wait_settled
-from tests.stack import PgRelay, RedisServer, Stack
+from tests.conftest import wait_settled
+from tests.stack import PgRelay, Stack
 
 pytestmark = pytest.mark.usefixtures("provider_keys")
 
 HELLO = [{"role": "user", "content": "Tell me a long story"}]
-
-
-@pytest.fixture
-async def private_redis():
-    server = RedisServer()
-    await server.start()
-    client = Redis.from_url(server.url)
-    yield server, client
-    await client.aclose()
-    await server.stop()
-
-
-@pytest.fixture
-async def stack(database_url, private_redis, upstream, catalog_path):
-    server, _ = private_redis
-    s = Stack(database_url, server.url, upstream.base, str(catalog_path))
-    yield s
-    await s.stop_all()
-
-
-@pytest.fixture
-def books(pg, private_redis):
-    return Accounts(pg, private_redis[1])
 
 
 async def held(redis: Redis, user_id: int) -> int:

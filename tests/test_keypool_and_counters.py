@@ -1,0 +1,103 @@
+"""Provider key pools (failover, cooling) and the daily counters, through the
+in-process proxy and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from shared import daily, invalidation
+from shared.keys import SecretBox, visible_prefix
+from tests.clients import anthropic_client, openai_client
+from tests.conftest import SECRET_KEY, wait_settled
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+HELLO = [{"role": "user", "content": "Hi"}]
+
+
+@contextlib.asynccontextmanager
+async def extra_key(pg, redis, provider: str, secret: str):
+    """Add a provider key for the duration of a test."""
+    key_id = await pg.fetchval(
+        "INSERT INTO provider_keys (provider, name, prefix, secret_enc)"
+        " VALUES ($1, 'extra', $2, $3) RETURNING id",
+        provider,
+        visible_prefix(secret),
+        SecretBox(SECRET_KEY).encrypt(secret),
+    )
+    await invalidation.publish(redis, invalidation.PROVIDERS_MESSAGE)
+    await asyncio.sleep(0.3)
+    try:
+        yield key_id
+    finally:
+        await pg.execute("DELETE FROM provider_keys WHERE id = $1", key_id)
+        await invalidation.publish(redis, invalidation.PROVIDERS_MESSAGE)
+        await asyncio.sleep(0.3)
+
+
+async def retries(proxy_url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy_url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("meterway_upstream_retries_total{")
+    )
+
+
+@pytest.mark.parametrize("bad_secret", ["sk-ratelimited-0002", "sk-broken-0003"])
+async def test_failover_to_another_key_on_429_and_5xx(proxy_url, accounts, pg, redis, bad_secret):
+    acct = await accounts.create("1")
+    before = await retries(proxy_url)
+    async with extra_key(pg, redis, "openai", bad_secret) as bad_id:
+        c = openai_client(proxy_url, acct.key)
+        ids = []
+        for _ in range(6):  # round robin sends some of these to the bad key first
+            raw = await c.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=HELLO
+            )
+            ids.append(raw.headers["x-request-id"])
+        await wait_settled(pg, ids)
+        assert await retries(proxy_url) > before
+        used = {
+            r["provider_key_id"]
+            for r in await pg.fetch(
+                "SELECT provider_key_id FROM usage_records WHERE request_id = ANY($1::text[])",
+                ids,
+            )
+        }
+        assert bad_id not in used  # a failed attempt is never what gets billed
+        if "ratelimited" in bad_secret:  # it cools down for Retry-After, visibly
+            assert await redis.exists(f"mw:cooling:{bad_id}")
+
+
+async def test_daily_counters_are_exact(proxy_url, accounts, pg, redis):
+    acct = await accounts.create("5")
+    c = anthropic_client(proxy_url, acct.key, **{"x-sim-chunks": "3"})
+    ids = []
+    for max_tokens in (10, 20, 30):
+        raw = await c.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=max_tokens, messages=HELLO
+        )
+        ids.append(raw.headers["x-request-id"])
+    await wait_settled(pg, ids)
+    await asyncio.sleep(0.2)
+    spent = await pg.fetchval(
+        "SELECT sum(cost_usd) FROM usage_records WHERE user_id = $1", acct.user_id
+    )
+    assert await daily.spend(redis, "user", acct.user_id) == spent
+    assert await daily.requests(redis, "user", acct.user_id) == 3
+    assert await daily.spend(redis, "key", acct.api_key_id) == spent
+    assert await daily.requests(redis, "key", acct.api_key_id) == 3
+    # provider and model counters hold at least this user's spend (other tests add to them)
+    assert await daily.spend(redis, "provider", "anthropic") >= spent
+    assert await daily.spend(redis, "model", "claude-haiku-4-5") >= spent
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {acct.key}"}) as http:
+        async with http.get(f"{proxy_url}/v1/account") as resp:
+            account = await resp.json()
+    assert Decimal(account["spend_today_usd"]) == spent
