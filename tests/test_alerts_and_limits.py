@@ -170,3 +170,18 @@ async def test_rate_limits_are_shared_by_all_proxies(stack, books, pg, private_r
         <= 3
     )
     assert await pg.fetchval("SELECT balance_usd FROM users WHERE id = $1", acct.user_id) < 5
+
+
+async def test_token_limit_counts_finished_requests(stack, books, pg, private_redis):
+    await stack.worker()
+    _, url = await stack.proxy()
+    acct = await books.create("5")
+    await pg.execute("UPDATE api_keys SET tpm_limit = 30 WHERE id = $1", acct.api_key_id)
+    if time.time() % 60 > 50:
+        await asyncio.sleep(61 - time.time() % 60)
+    client = openai_client(url, acct.key, **{"x-sim-input-tokens": "20", "x-sim-chunks": "5"})
+    await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # 25 tokens
+    await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # 50: over now
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert "tokens per minute" in err.value.message
