@@ -19,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from meterway.context import CommandError
+from meterway.embedded import resolve_services
 from shared.config import REPO_ROOT, Settings
 from shared.db import api_keys, providers, users
 from shared.db.migrate import migrate
@@ -86,6 +87,7 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
     from simulator.app import start as start_simulator
     from worker.main import create_worker
 
+    settings, embedded = resolve_services(settings)
     try:
         await migrate(settings.database_url)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -123,6 +125,7 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
         await worker_task
     for runner in reversed(runners):
         await runner.cleanup()
+    del embedded  # embedded servers stop when released
 
 
 def _print_welcome(settings: Settings, key: str, simulate: bool) -> None:

