@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from meterway.context import CommandError, Context, open_context
 from shared.config import Settings, get_settings
-from shared.logs import configure_logging
+from shared.logs import configure_logging, use_fast_event_loop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,11 +165,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from proxy.app import run
 
+        use_fast_event_loop()
         run(settings, args.host or settings.proxy_host, args.port or settings.proxy_port)
         return 0
     if args.command == "worker":
         from worker.main import run as run_worker
 
+        use_fast_event_loop()
         run_worker(settings)
         return 0
     if args.command == "dashboard":

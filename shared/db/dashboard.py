@@ -1,0 +1,144 @@
+"""Read queries and password writes the dashboard needs beyond the per-table modules."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from shared.db.users import Conn, normalize_email
+
+_USAGE_COLUMNS = (
+    "request_id, created_at, provider, model, endpoint, stream, input_tokens, output_tokens,"
+    " cache_read_tokens, cache_write_tokens, cost_usd, estimated, status"
+)
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+# --- passwords -------------------------------------------------------------------------------
+
+
+async def login_row(conn: Conn, email: str) -> asyncpg.Record | None:
+    """id, password_hash and disabled of the user with this email."""
+    return await conn.fetchrow(
+        "SELECT id, password_hash, disabled FROM users WHERE email = $1", normalize_email(email)
+    )
+
+
+async def set_password_hash(conn: Conn, user_id: int, password_hash: str) -> bool:
+    result = await conn.execute(
+        "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, password_hash
+    )
+    return result.endswith(" 1")
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+
+def _usage_filter(user_id: int, day: date | None, model: str | None) -> tuple[str, list]:
+    clauses = ["user_id = $1"]
+    args: list = [user_id]
+    if day is not None:
+        start, end = day_bounds(day)
+        args += [start, end]
+        clauses.append(f"created_at >= ${len(args) - 1} AND created_at < ${len(args)}")
+    if model:
+        args.append(model)
+        clauses.append(f"model = ${len(args)}")
+    return " AND ".join(clauses), args
+
+
+async def usage_page(
+    conn: Conn, user_id: int, *, day: date | None, model: str | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """One page of a user's usage records, newest first, and the total count."""
+    where, args = _usage_filter(user_id, day, model)
+    n = len(args)
+    rows = await conn.fetch(
+        f"SELECT {_USAGE_COLUMNS} FROM usage_records WHERE {where}"
+        f" ORDER BY created_at DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        *args,
+        limit,
+        offset,
+    )
+    total = await conn.fetchval(f"SELECT count(*) FROM usage_records WHERE {where}", *args)
+    return rows, int(total)
+
+
+async def usage_models(conn: Conn, user_id: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT model FROM usage_records WHERE user_id = $1 ORDER BY model", user_id
+    )
+    return [r["model"] for r in rows]
+
+
+async def daily_spend(
+    conn: Conn, user_id: int, days: int, today: date
+) -> list[tuple[date, Decimal]]:
+    """Spend per UTC day (by request time) for the `days` days ending today, zeros included."""
+    first = today - timedelta(days=days - 1)
+    rows = await conn.fetch(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, SUM(cost_usd) AS spend"
+        " FROM usage_records WHERE user_id = $1 AND created_at >= $2 GROUP BY 1",
+        user_id,
+        day_bounds(first)[0],
+    )
+    by_day = {r["day"]: Decimal(r["spend"]) for r in rows}
+    return [(d, by_day.get(d, Decimal(0))) for d in (first + timedelta(i) for i in range(days))]
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+async def search_users(conn: Conn, query: str, limit: int = 100) -> list[asyncpg.Record]:
+    pattern = "%" + query.strip().lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
+    return await conn.fetch(
+        "SELECT id, email, is_admin, disabled, rate_multiplier, balance_usd, created_at,"
+        " (password_hash IS NOT NULL) AS has_password FROM users"
+        " WHERE email LIKE $1 ORDER BY email LIMIT $2",
+        pattern,
+        limit,
+    )
+
+
+async def recent_ledger(conn: Conn, user_id: int, limit: int = 20) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT kind, amount_usd, balance_after, note, created_at FROM ledger"
+        " WHERE user_id = $1 AND kind <> 'charge' ORDER BY id DESC LIMIT $2",
+        user_id,
+        limit,
+    )
+
+
+async def provider_spend_since(conn: Conn, since: datetime) -> dict[str, Decimal]:
+    rows = await conn.fetch(
+        "SELECT provider, SUM(cost_usd) AS spend FROM usage_records WHERE settled_at >= $1"
+        " GROUP BY provider",
+        since,
+    )
+    return {r["provider"]: Decimal(r["spend"]) for r in rows}
+
+
+async def recent_alerts(conn: Conn, limit: int = 200) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, rule, subject, day, message, recipients, created_at, emailed_at, email_error"
+        " FROM alerts ORDER BY id DESC LIMIT $1",
+        limit,
+    )
+
+
+async def system_stats(conn: Conn, since: datetime) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM spooled_events) AS spooled,"
+        " (SELECT min(created_at) FROM spooled_events) AS oldest_spooled,"
+        " (SELECT count(*) FROM usage_records WHERE estimated AND created_at >= $1)"
+        "   AS estimated_today,"
+        " (SELECT count(*) FROM usage_records WHERE created_at >= $1) AS records_today,"
+        " (SELECT count(*) FROM orphaned_holds WHERE released_at >= $1) AS orphaned_today",
+        since,
+    )
