@@ -7,13 +7,14 @@ first, and only ever talks to loopback addresses given by the caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from time import perf_counter
 
 import aiohttp
 import orjson
+
+from bench.procs import STOP, check_stop
 
 MODEL = "gpt-4o-mini"
 _MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
@@ -133,6 +134,7 @@ async def latency_pairs(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + time_limit
     for i in range(warmup + n):
+        check_stop()
         if loop.time() > deadline:
             break
         order = (
@@ -185,7 +187,7 @@ async def closed_loop(
 
     async def client() -> None:
         nonlocal issued
-        while issued < max_requests and loop.time() < deadline:
+        while issued < max_requests and loop.time() < deadline and not STOP.requested:
             issued += 1
             try:
                 _, total = await request_once(session, target, body, stream, tally)
@@ -195,6 +197,7 @@ async def closed_loop(
                 await asyncio.sleep(0.01)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
+    check_stop()
     elapsed = loop.time() - start
     return RunResult(len(latencies), sum(errors.values()), elapsed, latencies, dict(errors))
 
@@ -242,12 +245,13 @@ class HeldStreams:
         sem = asyncio.Semaphore(concurrency)
         start = asyncio.get_running_loop().time()
         tasks = [asyncio.create_task(self._open_one(sem)) for _ in range(n)]
-        done, pending = await asyncio.wait(tasks, timeout=time_limit)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=time_limit)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        check_stop()
         if pending:
             self.errors["not opened within the time limit"] += len(pending)
         for task in done:

@@ -40,6 +40,21 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+class _Stop:
+    """Set by the signal handler. Loops and phase boundaries check it, so the run
+    ends even if some library swallowed the task cancellation."""
+
+    requested = False
+
+
+STOP = _Stop()
+
+
+def check_stop() -> None:
+    if STOP.requested:
+        raise asyncio.CancelledError("stop requested")
+
+
 # --- /proc readers -----------------------------------------------------------------
 
 
@@ -125,7 +140,8 @@ class CpuSampler:
 
     `pids` maps a name to one or more pids; `comms` sums every process with that
     command name (with its reaped children, so short-lived Postgres backends
-    count too). The benchmark process itself is "client".
+    count too). The benchmark process itself is "client". "<name>:sys" is the
+    part of a named process's CPU spent in the kernel.
     """
 
     pids: dict[str, list[int]] = field(default_factory=dict)
@@ -134,11 +150,13 @@ class CpuSampler:
     def snapshot(self) -> dict[str, float]:
         snap: dict[str, float] = {}
         for name, pids in self.pids.items():
-            total = 0
+            total = system = 0
             for pid in pids:
                 with contextlib.suppress(OSError):
                     total += cpu_ticks(pid)
+                    system += int(_stat_fields(pid)[12])
             snap[name] = total
+            snap[f"{name}:sys"] = system
         for name, comm in self.comms.items():
             total = 0
             for pid in pids_by_comm(comm):

@@ -186,6 +186,10 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+def _ms3(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def _f(v: float | None, spec: str = ",.0f") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -200,8 +204,11 @@ def markdown(results: dict) -> str:
         f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB RAM,"
         f" Linux {m['kernel']}",
         f"- Python {v['python']}, aiohttp {v['aiohttp']}, redis-py {v['redis']},"
-        f" arq {v['arq']}, asyncpg {v['asyncpg']}, uvloop {v['uvloop']}",
+        f" arq {v['arq']}, asyncpg {v['asyncpg']}, uvloop {v['uvloop']}"
+        f" (load generator on {meta.get('load_generator_loop', 'asyncio')})",
         f"- git commit: {meta['git_commit']}",
+        f"- load average before the run: {meta.get('loadavg_before', 'n/a')}"
+        f" (anything else running on the machine skews the numbers)",
         f"- sizes: {results['config']}",
         "",
         "Everything (load generator, simulator, proxy, worker, Redis, Postgres, nginx)"
@@ -248,6 +255,8 @@ def _comparison(results: dict) -> list[str]:
         "## Comparison (non-streaming)",
         "",
         _table(["gateway", "CPU ms/request", "added p50 ms", "req/s at c=64"], rows),
+        "",
+        "The issue's figures were taken on this machine class, not in this run.",
     ]
 
 
@@ -303,6 +312,7 @@ def _throughput_section(results: dict) -> list[str]:
                     _ms(d["p50_ms"]),
                     _ms(d["p99_ms"]),
                     _ms(d.get("proxy_cpu_ms_per_req")),
+                    _f(d.get("proxy_sys_pct"), ".0f"),
                     _ms(d["sim_cpu_ms_per_req"]),
                     _ms(d["client_cpu_ms_per_req"]),
                     _ms(d["redis_cpu_ms_per_req"]),
@@ -322,6 +332,7 @@ def _throughput_section(results: dict) -> list[str]:
                 "p50 ms",
                 "p99 ms",
                 "proxy CPU ms/req",
+                "of which kernel %",
                 "simulator CPU ms/req",
                 "load generator CPU ms/req",
                 "Redis CPU ms/req",
@@ -331,8 +342,16 @@ def _throughput_section(results: dict) -> list[str]:
             rows,
         ),
         "",
-        f"proxy peak RSS (VmHWM) after the throughput runs: {_f(tp['proxy_hwm_mib'], '.0f')} MiB",
+        f"proxy peak RSS (VmHWM) after the throughput runs: {_f(tp['proxy_hwm_mib'], '.0f')} MiB."
+        " One proxy process is one event loop, so with a core to itself it tops out near"
+        f" 1000 / (CPU ms per request): {_ceiling(tp, 'nonstream')} req/s non-streaming,"
+        f" {_ceiling(tp, 'stream')} streams/s.",
     ]
+
+
+def _ceiling(tp: dict, kind: str) -> str:
+    cpu = tp[kind]["proxy"].get("proxy_cpu_ms_per_req")
+    return _f(1000.0 / cpu) if cpu else "n/a"
 
 
 def _memory_section(results: dict) -> list[str]:
@@ -385,10 +404,11 @@ def _worker_section(results: dict) -> list[str]:
                 [
                     ["backlog enqueued", f"{w['events']:,} events ({w['enqueue_per_s']:,.0f}/s)"],
                     ["settled", f"{w['settled']:,} in {w['wall_s']:.1f} s from worker start"],
-                    ["events/s (first to last settlement)", _f(w["events_per_s"])],
-                    ["worker CPU per event", f"{_ms(w['worker_cpu_ms_per_event'])} ms"],
-                    ["Postgres CPU per event", f"{_ms(w['postgres_cpu_ms_per_event'])} ms"],
-                    ["Redis CPU per event", f"{_ms(w['redis_cpu_ms_per_event'])} ms"],
+                    ["first record after worker start", f"{_ms(w.get('startup_s'))} s"],
+                    ["events/s (first to last new record)", _f(w["events_per_s"])],
+                    ["worker CPU per event", f"{_ms3(w['worker_cpu_ms_per_event'])} ms"],
+                    ["Postgres CPU per event", f"{_ms3(w['postgres_cpu_ms_per_event'])} ms"],
+                    ["Redis CPU per event", f"{_ms3(w['redis_cpu_ms_per_event'])} ms"],
                     ["balance exact afterwards", str(w["balance"]["exact"])],
                 ],
             ),
@@ -450,7 +470,7 @@ def _profile_section(results: dict) -> list[str]:
         "",
         f"## Proxy profile (py-spy, non-streaming c=64, {prof['samples']:,} samples)",
         "",
-        "Self time by area:",
+        "Self time by area (a socket call's time includes the kernel's loopback work):",
         "",
         _table(["area", "share"], [[k, f"{v:.1f} %"] for k, v in prof["areas"]]),
         "",
@@ -462,8 +482,8 @@ def _profile_section(results: dict) -> list[str]:
         "",
         _table(["function", "share"], [[k, f"{v:.1f} %"] for k, v in prof["self"]]),
     ]
-    if prof.get("svg"):
-        lines += ["", f"flame graph: `{prof['svg']}`"]
+    if prof.get("raw"):
+        lines += ["", f"collapsed stacks (py-spy raw): `{prof['raw']}`"]
     return lines
 
 
@@ -500,6 +520,31 @@ def _frame_name(frame: str) -> str:
     return frame[:start] + ")" if start >= 0 else frame
 
 
+def _area(frames: list[str]) -> str:
+    """What a sample was doing: a socket call by peer, waiting, or a package's code."""
+    leaf = frames[-1]
+    func, path = leaf.split(" (", 1)[0], _frame_file(leaf)
+    # asyncio's transport, or (uvloop: the C transport is invisible) its Python caller
+    if "write" in func.lower() and path in _WRITERS:
+        if any("redis/" in f for f in frames):
+            return "send() to Redis"
+        if any("client_reqrep" in f for f in frames):
+            return "send() upstream"
+        if any("aiohttp/web_" in f for f in frames):
+            return "send() to the client"
+        return "send() other"
+    if leaf.startswith("_SelectorSocketTransport._read_ready"):
+        return "recv()"
+    if leaf.startswith("EpollSelector.select "):
+        return "epoll wait"
+    path = _frame_file(leaf)
+    return next((label for prefix, label in _AREAS if prefix in path), "other")
+
+
+_WRITERS = ("asyncio/selector_events.py", "asyncio/streams.py", "aiohttp/http_writer.py")
+_ENTRY_POINTS = ("run (proxy/app.py)", "main (meterway/cli.py)", "_dispatch (meterway/cli.py)")
+
+
 def summarize_profile(raw: str, top: int = 15) -> dict:
     """Self time per function and area, inclusive time per Meterway function."""
     self_time: Counter = Counter()
@@ -513,27 +558,25 @@ def summarize_profile(raw: str, top: int = 15) -> dict:
         count = int(count_text)
         total += count
         frames = stack.split(";")
-        leaf = frames[-1]
-        self_time[_frame_name(leaf)] += count
-        path = _frame_file(leaf)
-        areas[next((label for prefix, label in _AREAS if prefix in path), "other")] += count
+        self_time[_frame_name(frames[-1])] += count
+        areas[_area(frames)] += count
         seen = set()
         for frame in frames:
             path = _frame_file(frame)
-            if path.startswith(("proxy/", "shared/")) or "/proxy/" in path or "/shared/" in path:
+            if path.startswith(("proxy/", "shared/")):
                 name = _frame_name(frame)
-                if name not in seen:
+                if name not in seen and name not in _ENTRY_POINTS:
                     seen.add(name)
                     inclusive[name] += count
     if not total:
         return {"samples": 0, "areas": [], "meterway": [], "self": []}
 
-    def share(counter: Counter) -> list[tuple[str, float]]:
-        return [(k, 100.0 * c / total) for k, c in counter.most_common(top)]
+    def share(counter: Counter, n: int = top) -> list[tuple[str, float]]:
+        return [(k, 100.0 * c / total) for k, c in counter.most_common(n)]
 
     return {
         "samples": total,
-        "areas": share(areas),
+        "areas": share(areas, 30),
         "meterway": share(inclusive),
         "self": share(self_time),
     }

@@ -85,6 +85,11 @@ class Bench:
         )
         return env
 
+    @property
+    def expected_records(self) -> int:
+        """One usage record per admitted proxy request and per enqueued event."""
+        return self.tally.billed + self.enqueued_events
+
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.results["checks"].append({"name": name, "ok": ok, "detail": detail})
         log(f"check {name}: {'ok' if ok else 'FAILED'} ({detail})")
@@ -110,7 +115,6 @@ class Bench:
     # --- the run --------------------------------------------------------------------
 
     async def run(self) -> dict:
-        sizes = self.sizes
         self.pg = await asyncpg.create_pool(self.world.database_url, min_size=1, max_size=4)
         self.redis = Redis.from_url(self.world.redis_url)
         try:
@@ -122,18 +126,19 @@ class Bench:
             self.proxy, self.proxy_url = await self.start_proxy("proxy")
             async with load.new_session() as session:
                 self.session = session
-                await self.smoke()
-                await self.latency()
-                await self.throughput()
+                phases = [self.smoke, self.latency, self.throughput]
                 if self.args.profile:
-                    await self.profile()
-                await self.memory()
-                await self.settle_backlog("single-proxy runs")
+                    phases.append(self.profile)
+                phases += [self.memory, self.settle_backlog]
                 if self.args.no_nginx:
                     self.results["nginx"] = {"skipped": "--no-nginx given"}
                 else:
-                    await self.nginx()
-                await self.worker_backlog(sizes.events)
+                    phases.append(self.nginx)
+                phases.append(self.worker_backlog)
+                for phase in phases:
+                    procs.check_stop()
+                    await phase()
+            procs.check_stop()
             await self.reconcile()
         finally:
             await self.redis.aclose()
@@ -181,11 +186,13 @@ class Bench:
             )
             if run.errors:
                 raise RuntimeError(f"smoke requests failed: {run.error_samples}")
-        settled = await world.wait_settled(self.pg, self.redis, self.world, timeout=30)
+        progress = await world.wait_settled(
+            self.pg, self.redis, self.world, expected_records=self.expected_records, timeout=30
+        )
         count = await world.usage_count(self.pg)
         self.check(
             "smoke: every admitted request settled once",
-            settled and count == self.tally.billed,
+            progress.done and count == self.tally.billed,
             f"{count} usage records for {self.tally.billed} admitted requests",
         )
         await self.check_balance("smoke")
@@ -193,7 +200,7 @@ class Bench:
 
     async def check_balance(self, phase: str) -> dict:
         bal = await world.balance_check(self.pg, self.redis, self.world)
-        expected = self.tally.billed + self.enqueued_events
+        expected = self.expected_records
         self.check(
             f"{phase}: balance exact",
             bal["exact"] and bal["redis_held_units"] == 0,
@@ -206,6 +213,14 @@ class Bench:
             bal["usage_records"] == expected,
             f"{bal['usage_records']} records, {expected} expected",
         )
+        if not bal["redis_untouched"]:
+            self.check(
+                f"{phase}: nothing else touched the Redis db",
+                False,
+                f"{self.world.redis_url} was flushed by another process during the run:"
+                " events, holds and balances were lost, so the numbers above are not valid;"
+                " pass --redis with a database nobody else uses",
+            )
         return bal
 
     async def latency(self) -> None:
@@ -285,8 +300,10 @@ class Bench:
             "machine_busy_pct": cpu["machine_busy_pct"],
         }
         for name in cpu:
-            if name not in ("machine_busy_pct", "wall_s"):
+            if name not in ("machine_busy_pct", "wall_s") and ":" not in name:
                 out[f"{name}_cpu_ms_per_req"] = _per(cpu[name], run.requests)
+        if cpu.get("proxy"):
+            out["proxy_sys_pct"] = 100.0 * cpu["proxy:sys"] / cpu["proxy"]
         return out
 
     async def throughput(self) -> None:
@@ -303,8 +320,9 @@ class Bench:
             for target in (direct, proxy):
                 target = target.with_headers(**extra)
                 res = await self._measured_run(target, body, stream, sampler, sizes.duration)
-                if target.name == "direct":
-                    res.pop("proxy_cpu_ms_per_req", None)  # the proxy was idle
+                if target.name == "direct":  # the proxy was idle
+                    res.pop("proxy_cpu_ms_per_req", None)
+                    res.pop("proxy_sys_pct", None)
                 out[kind][target.name] = res
                 log(f"  {kind} {target.name}: {res['rps']:,.0f} req/s, {res['errors']} errors")
         out["proxy_hwm_mib"] = procs.hwm_bytes(self.proxy.pid) / report.MIB
@@ -315,28 +333,13 @@ class Bench:
         if not shutil.which("py-spy"):
             self.results["profile"] = {"samples": 0, "areas": [], "meterway": [], "self": []}
             return
-        duration = max(3, int(self.sizes.duration))
+        duration = max(5, int(self.sizes.duration))
         log(f"profiling the proxy with py-spy for {duration} s (non-streaming, c=64)")
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         raw = RESULTS_DIR / f"{self.results_stamp}-proxy-profile.txt"
-        spy = self.procs.spawn(
-            "py-spy",
-            [
-                "py-spy",
-                "record",
-                "--format",
-                "raw",
-                "--rate",
-                "200",
-                "--nonblocking",
-                "--duration",
-                str(duration),
-                "--pid",
-                str(self.proxy.pid),
-                "--output",
-                str(raw),
-            ],
-        )
+        argv = ["py-spy", "record", "--format", "raw", "--rate", "200"]
+        argv += ["--duration", str(duration), "--pid", str(self.proxy.pid), "--output", str(raw)]
+        spy = self.procs.spawn("py-spy", argv)
         await asyncio.sleep(0.5)
         _, proxy = self.targets()
         await load.closed_loop(
@@ -413,28 +416,30 @@ class Bench:
             "note": note,
         }
 
-    async def settle_backlog(self, phase: str) -> None:
+    async def settle_backlog(self, phase: str = "single-proxy runs") -> None:
         """Start a worker, time how it settles what the proxy runs queued, stop it."""
-        queued = await self.redis.zcard(world.QUEUE_NAME)
-        log(f"settling the proxy backlog of {phase} ({queued:,} queued)")
-        after_id = await world.max_usage_id(self.pg)
+        before_count = await world.usage_count(self.pg)
+        queued = self.expected_records - before_count
+        log(f"settling the proxy backlog of {phase} ({queued:,} events)")
         worker = self.start_worker()
         start = time.monotonic()
-        settled = await world.wait_settled(
-            self.pg, self.redis, self.world, timeout=max(120.0, queued / 100)
+        progress = await world.wait_settled(
+            self.pg,
+            self.redis,
+            self.world,
+            expected_records=self.expected_records,
+            timeout=max(120.0, queued / 100),
         )
         wall = time.monotonic() - start
         self.procs.stop(worker)
-        n, first, last = await world.settle_span(self.pg, after_id)
-        span = (last - first).total_seconds() if first and last else 0.0
         self.results.setdefault("proxy_backlog_settle", []).append(
             {
                 "phase": phase,
                 "queued": queued,
-                "settled": n,
-                "complete": settled,
+                "settled": await world.usage_count(self.pg) - before_count,
+                "complete": progress.done,
                 "wall_s": wall,
-                "events_per_s": (n - 1) / span if span > 0 else None,
+                "events_per_s": progress.rate,
             }
         )
         await self.check_balance(f"after {phase}")
@@ -491,10 +496,10 @@ class Bench:
             "balance": bal,
         }
 
-    async def worker_backlog(self, n: int) -> None:
+    async def worker_backlog(self) -> None:
+        n = self.sizes.events
         log(f"worker: enqueueing {n:,} usage events with no worker running")
         before_count = await world.usage_count(self.pg)
-        after_id = await world.max_usage_id(self.pg)
         start = time.monotonic()
         await world.enqueue_backlog(self.redis, self.world, n)
         enqueue_s = time.monotonic() - start
@@ -503,44 +508,47 @@ class Bench:
         before = sampler.snapshot()
         log("worker: starting one worker and timing settlement")
         worker = self.start_worker()
+
+        def worker_ticks() -> int:
+            try:
+                return procs.cpu_ticks(worker.pid)
+            except OSError:
+                return 0
+
         start = time.monotonic()
-        deadline = start + max(120.0, n / 200)
-        first_seen: tuple[int, int] | None = None  # (records, worker ticks) at first progress
-        count = before_count
-        while time.monotonic() < deadline:
-            count = await world.usage_count(self.pg)
-            ticks = procs.cpu_ticks(worker.pid) if worker.alive() else 0
-            if first_seen is None and count > before_count:
-                first_seen = (count, ticks)
-            if count >= before_count + n:
-                break
-            if not worker.alive():
-                raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
-            await asyncio.sleep(0.1)
+        progress = await world.wait_settled(
+            self.pg,
+            self.redis,
+            self.world,
+            expected_records=self.expected_records,
+            timeout=max(120.0, n / 200),
+            probe=worker_ticks,
+        )
         wall = time.monotonic() - start
-        end_ticks = procs.cpu_ticks(worker.pid)
         cpu = CpuSampler.diff_ms(before, sampler.snapshot())
         self.procs.stop(worker)
-        settled = count - before_count
-        done, first, last = await world.settle_span(self.pg, after_id)
-        span = (last - first).total_seconds() if first and last else 0.0
+        settled = await world.usage_count(self.pg) - before_count
         worker_ms = None
-        if first_seen and count > first_seen[0]:
-            worker_ms = (end_ticks - first_seen[1]) * 1000 / procs.CLK_TCK / (count - first_seen[0])
+        counted = progress.end_count - progress.first_count
+        if counted > 0:
+            ticks = progress.end_probe - progress.first_probe
+            worker_ms = ticks * 1000 / procs.CLK_TCK / counted
         bal = await self.check_balance("worker backlog")
         self.results["worker"] = {
             "events": n,
             "enqueue_s": enqueue_s,
             "enqueue_per_s": n / enqueue_s if enqueue_s else None,
             "settled": settled,
+            "complete": progress.done,
             "wall_s": wall,
-            "events_per_s": (done - 1) / span if span > 0 else None,
+            "startup_s": progress.first_time - start if progress.first_time else None,
+            "events_per_s": progress.rate,
             "worker_cpu_ms_per_event": worker_ms,
             "postgres_cpu_ms_per_event": _per(cpu.get("postgres", 0.0), settled),
             "redis_cpu_ms_per_event": _per(cpu.get("redis", 0.0), settled),
             "balance": bal,
         }
-        rate = self.results["worker"]["events_per_s"] or 0
+        rate = progress.rate or 0
         log(f"  settled {settled:,} in {wall:.1f} s ({rate:,.0f} events/s)")
 
     async def reconcile(self) -> None:
@@ -563,6 +571,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, help="slow streams held open at once")
     p.add_argument("--events", type=int, help="usage events in the worker backlog")
     p.add_argument("--profile", action="store_true", help="py-spy the proxy in an extra run")
+    p.add_argument("--no-uvloop", action="store_true", help="plain asyncio for the load generator")
     p.add_argument("--no-nginx", action="store_true", help="skip the two-proxies-behind-nginx run")
     p.add_argument(
         "--pg",
@@ -594,23 +603,30 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 async def amain(args: argparse.Namespace, sizes: Sizes, stamp: str) -> dict:
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def stop() -> None:
+        procs.STOP.requested = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop)
     workdir = Path(tempfile.mkdtemp(prefix="meterway-bench-"))
     w: world.World | None = None
     bench: Bench | None = None
-    ok = False
     try:
         log(f"creating a throwaway database on {args.pg}, flushing {args.redis}")
         w = await world.create_world(args.pg, args.redis)
         bench = Bench(args, sizes, w, workdir, stamp)
-        results = await bench.run()
-        ok = True
-        return results
+        return await bench.run()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except BaseException:
+        if bench is not None:
+            for child in bench.procs.children:
+                log(f"{child.name} log tail:\n{child.log_tail()}")
+        raise
     finally:
         if bench is not None:
-            if not ok:
-                for child in bench.procs.children:
-                    log(f"{child.name} log tail:\n{child.log_tail()}")
             bench.procs.stop_all()
         if w is not None:
             with contextlib.suppress(Exception):
@@ -622,12 +638,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
     nofile = procs.raise_fd_limit()  # before any child is spawned: they inherit it
+    event_loop = "asyncio"
+    if not args.no_uvloop:
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            event_loop = "uvloop"
+        except ImportError:
+            pass
     stamp, date = report.now_stamp()
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     command = "python -m bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     started = time.monotonic()
     try:
         results = asyncio.run(amain(args, sizes, stamp))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; every process was stopped and the database dropped")
         return 130
     results["meta"] = {
@@ -637,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": report.versions(),
         "git_commit": report.git_commit(),
         "nofile_limit": nofile,
+        "load_generator_loop": event_loop,
+        "loadavg_before": " ".join(load_before),
         "duration_s": round(time.monotonic() - started, 1),
     }
     results["config"] = asdict(sizes)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from redis.asyncio import Redis
 
+from bench.procs import check_stop
 from shared.balance_view import BalanceView
 from shared.db import api_keys, providers, users
 from shared.db.migrate import migrate
@@ -23,8 +25,9 @@ from shared.keys import SecretBox, hash_proxy_key, new_proxy_key, visible_prefix
 from shared.usage_queue import UsageQueue
 
 SECRET_KEY = "bench-secret-key-that-is-long-enough-0123456789abcdef"
-QUEUE_NAME = "meterway:queue"
+QUEUE_NAME = "meterway:queue"  # the arq queue, for a UsageQueue that takes its name
 CREDIT_USD = Decimal("1000000")
+SENTINEL = "bench:sentinel"  # gone if anything else flushes our Redis db during the run
 PROVIDER_SECRETS = {"openai": "sk-bench-openai-0001", "anthropic": "sk-ant-bench-0001"}
 
 
@@ -50,6 +53,7 @@ async def create_world(server_url: str, redis_url: str) -> World:
     redis = Redis.from_url(redis_url)
     try:
         await redis.flushdb()
+        await redis.set(SENTINEL, name)
         await migrate(url)
         conn = await asyncpg.connect(url)
         try:
@@ -96,10 +100,6 @@ async def usage_count(pg: asyncpg.Pool) -> int:
     return await pg.fetchval("SELECT count(*) FROM usage_records")
 
 
-async def max_usage_id(pg: asyncpg.Pool) -> int:
-    return await pg.fetchval("SELECT coalesce(max(id), 0) FROM usage_records")
-
-
 async def balance_check(pg: asyncpg.Pool, redis: Redis, world: World) -> dict:
     """start - balance == sum(cost_usd), to the last digit; ledger and Redis agree."""
     row = await pg.fetchrow(
@@ -112,7 +112,9 @@ async def balance_check(pg: asyncpg.Pool, redis: Redis, world: World) -> dict:
     )
     balance, cost, ledger = row["balance_usd"], row["cost"], row["ledger"]
     held = await BalanceView(redis).held_units(world.user_id)
+    sentinel = await redis.get(SENTINEL)
     return {
+        "redis_untouched": sentinel is not None and sentinel.decode() == world.db_name,
         "exact": world.start_balance - balance == cost and ledger == balance,
         "start_usd": str(world.start_balance),
         "balance_usd": str(balance),
@@ -124,45 +126,67 @@ async def balance_check(pg: asyncpg.Pool, redis: Redis, world: World) -> dict:
     }
 
 
+@dataclass
+class Progress:
+    """How settlement went: counts and times (monotonic) at the first new record
+    and at the end, with `probe()` readings (e.g. worker CPU) at both."""
+
+    done: bool = False
+    first_time: float = 0.0
+    first_count: int = 0
+    first_probe: int = 0
+    end_time: float = 0.0
+    end_count: int = 0
+    end_probe: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        """Records per second from the first new record to the last."""
+        span = self.end_time - self.first_time
+        return (self.end_count - self.first_count) / span if span > 0 else None
+
+
 async def wait_settled(
     pg: asyncpg.Pool,
     redis: Redis,
     world: World,
     *,
-    expected_records: int | None = None,
+    expected_records: int,
     timeout: float = 300.0,
-) -> bool:
-    """Until the arq queue is empty, no hold or pending charge is left in Redis
-    and (if given) the usage records reach `expected_records`. False on timeout."""
-    deadline = time.monotonic() + timeout
+    stall: float = 30.0,
+    probe: Callable[[], int] = lambda: 0,
+) -> Progress:
+    """Until the usage records reach `expected_records` and no hold or pending
+    charge is left in Redis. Gives up after `timeout`, or after `stall` seconds
+    without a new record (events lost: waiting longer would not help)."""
     view = BalanceView(redis)
-    while time.monotonic() < deadline:
-        queued = await redis.zcard(QUEUE_NAME)
-        held = await view.held_units(world.user_id)
-        enough = expected_records is None or await usage_count(pg) >= expected_records
-        if queued == 0 and held == 0 and enough:
-            return True
-        await asyncio.sleep(0.2)
-    return False
-
-
-async def settle_span(
-    pg: asyncpg.Pool, after_id: int
-) -> tuple[int, datetime | None, datetime | None]:
-    """Records settled since `after_id`: count, first and last settlement times."""
-    row = await pg.fetchrow(
-        "SELECT count(*) AS n, min(settled_at) AS first, max(settled_at) AS last"
-        " FROM usage_records WHERE id > $1",
-        after_id,
-    )
-    return row["n"], row["first"], row["last"]
+    start = last_change = time.monotonic()
+    progress = Progress()
+    baseline = last_count = await usage_count(pg)
+    while time.monotonic() - start < timeout and time.monotonic() - last_change < stall:
+        check_stop()
+        count = await usage_count(pg)
+        now = time.monotonic()
+        if count != last_count:
+            if last_count == baseline and not progress.first_time:
+                progress.first_time, progress.first_count = now, count
+                progress.first_probe = probe()
+            last_count, last_change = count, now
+            progress.end_time, progress.end_count, progress.end_probe = now, count, probe()
+        if count >= expected_records and await view.held_units(world.user_id) == 0:
+            progress.done = True
+            break
+        await asyncio.sleep(0.05)
+    return progress
 
 
 async def enqueue_backlog(redis: Redis, world: World, n: int, *, concurrency: int = 64) -> str:
     """Enqueue `n` usage events straight into the queue, as a proxy would (with no
     pending charge). Returns the request id prefix they share."""
     assert world.provider_key_ids is not None
-    queue = UsageQueue(redis, QUEUE_NAME)
+    # `UsageQueue(redis, queue_name)` (arq queue) or `UsageQueue(redis)` (stream)
+    takes_name = "queue_name" in inspect.signature(UsageQueue.__init__).parameters
+    queue = UsageQueue(redis, QUEUE_NAME) if takes_name else UsageQueue(redis)
     prefix = f"req_bench_{secrets.token_hex(4)}_"
     next_index = 0
 

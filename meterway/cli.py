@@ -175,7 +175,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         run_worker(settings)
         return 0
     if args.command == "dashboard":
-        raise CommandError("the dashboard is not built yet (see the dashboard issue)")
+        from dashboard.app import run as run_dashboard
+
+        use_fast_event_loop()
+        run_dashboard(settings, settings.proxy_host, args.port or settings.dashboard_port)
+        return 0
     if args.command == "dev":
         from meterway.dev import run_dev
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 from aiohttp import web
+from argon2 import PasswordHasher
 
 from meterway.context import CommandError
 from meterway.embedded import resolve_services
@@ -27,6 +28,7 @@ from shared.keys import SecretBox, hash_proxy_key, new_proxy_key, visible_prefix
 
 DEV_EMAIL = "dev@meterway.local"
 DEV_CREDIT = Decimal("10")
+DEV_PASSWORD = "meterway-dev"
 SIMULATOR_KEY_NAME = "dev-simulator"
 SIMULATOR_PORT = 9100
 _SECRET_FILE = REPO_ROOT / ".meterway-dev" / "secret-key"
@@ -60,7 +62,9 @@ async def _prepare_data(settings: Settings, box: SecretBox, simulate: bool) -> s
                         visible_prefix(secret),
                         box.encrypt(secret),
                     )
-        user = await users.by_email(conn, DEV_EMAIL) or await users.create(conn, DEV_EMAIL)
+        user = await users.by_email(conn, DEV_EMAIL) or await users.create(
+            conn, DEV_EMAIL, is_admin=True, password_hash=PasswordHasher().hash(DEV_PASSWORD)
+        )
         if user.balance_usd <= 0:
             async with conn.transaction():
                 await users.change_balance(
@@ -83,6 +87,7 @@ async def _needs_simulator(settings: Settings) -> bool:
 
 
 async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -> None:
+    from dashboard.app import create_app as create_dashboard
     from proxy.app import create_app
     from simulator.app import start as start_simulator
     from worker.main import create_worker
@@ -110,6 +115,10 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
     await proxy.setup()
     await web.TCPSite(proxy, settings.proxy_host, settings.proxy_port).start()
     runners.append(proxy)
+    dashboard = web.AppRunner(create_dashboard(settings), access_log=None)
+    await dashboard.setup()
+    await web.TCPSite(dashboard, settings.proxy_host, settings.dashboard_port).start()
+    runners.append(dashboard)
     worker = create_worker(settings, handle_signals=False)
     worker_task = asyncio.create_task(worker.async_run())
 
@@ -146,7 +155,8 @@ Try it:
 
     curl {base}/v1/account -H "Authorization: Bearer {key}"
 
-Docs: {base}/docs   Stop with Ctrl-C.
+Docs: {base}/docs   Dashboard: http://{settings.proxy_host}:{settings.dashboard_port}
+(sign in as {DEV_EMAIL} with password "{DEV_PASSWORD}")   Stop with Ctrl-C.
 """,
         flush=True,
     )

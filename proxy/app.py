@@ -90,7 +90,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         keys=KeyCache(pg),
         holds=Holds(BalanceView(redis), pg, settings.hold_ttl_seconds),
         pool=KeyPool(box),
-        queue=UsageQueue(redis, settings.queue_name),
+        queue=UsageQueue(redis),
         metrics=Metrics(),
     )
     await gw.pool.load(pg)

@@ -155,6 +155,20 @@ class BalanceView:
         )
         return bool(changed)
 
+    async def publish_in(
+        self, pipe, user_id: int, balance_usd: Decimal, version: int, release_request_id: str = ""
+    ) -> None:
+        """`publish`, queued on a pipeline."""
+        await self._publish(
+            keys=redis_keys.user_keys(user_id),
+            args=[str(units_floor(balance_usd)), str(version), release_request_id],
+            client=pipe,
+        )
+
+    async def release_in(self, pipe, user_id: int, request_id: str) -> None:
+        """`release`, queued on a pipeline."""
+        await self._release(keys=redis_keys.user_keys(user_id), args=[request_id], client=pipe)
+
     async def reap_expired(self, user_id: int, limit: int = 500) -> list[tuple[str, int]]:
         """Release this user's expired holds; returns (request id, units) pairs."""
         flat = await self._reap(keys=redis_keys.user_keys(user_id), args=[str(limit)])

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     settle_job_timeout: int = 20
-    queue_name: str = "meterway:queue"
+    settle_batch_size: int = Field(default=500, ge=1)
+    settle_claim_idle_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("meterway_secret_key")
     @classmethod

@@ -37,23 +37,39 @@ def from_pico(value: int | bytes | str | None) -> Decimal:
     return Decimal(int(value or 0)).scaleb(-12)
 
 
-async def record(redis: Redis, event: UsageEvent, cost: Decimal) -> tuple[Decimal, Decimal]:
-    """Count one settled request; returns the user's and the provider's spend today."""
-    pico = to_pico(cost)
-    day = event.created_at.astimezone(UTC).date()
-    keys = [
-        counter_key("user", event.user_id, day),
-        counter_key("provider", event.provider, day),
-        counter_key("model", event.model, day),
-        counter_key("key", event.api_key_id, day),
-    ]
+async def record(
+    redis: Redis, charges: list[tuple[UsageEvent, Decimal]]
+) -> tuple[dict[int, Decimal], dict[str, Decimal]]:
+    """Count settled requests in one round trip; returns the spend today of each
+    user and each provider involved, after these charges."""
+    totals: dict[str, list[int]] = {}
+    for event, cost in charges:
+        day = event.created_at.astimezone(UTC).date()
+        for kind, name in (
+            ("user", event.user_id),
+            ("provider", event.provider),
+            ("model", event.model),
+            ("key", event.api_key_id),
+        ):
+            total = totals.setdefault(counter_key(kind, name, day), [0, 0])
+            total[0] += to_pico(cost)
+            total[1] += 1
     pipe = redis.pipeline(transaction=False)
-    for key in keys:
+    for key, (pico, count) in totals.items():
         pipe.hincrby(key, "spend", pico)
-        pipe.hincrby(key, "requests", 1)
+        pipe.hincrby(key, "requests", count)
         pipe.expire(key, KEEP_SECONDS)
     results = await pipe.execute()
-    return from_pico(results[0]), from_pico(results[3])
+    spends = dict(zip(totals, results[::3], strict=True))
+    users: dict[int, Decimal] = {}
+    providers: dict[str, Decimal] = {}
+    for key, value in spends.items():
+        kind, name = key.rsplit(":", 2)[-2:]
+        if kind == "user":
+            users[int(name)] = from_pico(value)
+        elif kind == "provider":
+            providers[name] = from_pico(value)
+    return users, providers
 
 
 async def spend(redis: Redis, kind: str, name: str | int, day: date | None = None) -> Decimal:

@@ -12,9 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.catalog import Provider
 
-SETTLE_JOB = "settle_usage"
-"""The arq job name the proxy enqueues and the worker runs."""
-
 
 class TokenUsage(BaseModel):
     """Token counts split the way the pricing formula needs them.

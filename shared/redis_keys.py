@@ -9,6 +9,8 @@ from __future__ import annotations
 
 PREFIX = "mw"
 INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"
+USAGE_STREAM = f"{PREFIX}:usage"
+"""Stream of usage events from proxies to workers (consumer group `settlers`)."""
 
 
 def _user(user_id: int) -> str:

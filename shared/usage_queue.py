@@ -1,11 +1,12 @@
-"""The usage-event queue: arq's job format, written by the proxy in one script.
+"""The usage-event queue: a Redis stream the proxy appends to in one script.
 
-The proxy enqueues an arq job (`settle_usage`, one argument: the event JSON)
-and, in the same atomic Lua script, turns the request's hold into a *pending
-charge*: its amount becomes the request's priced cost and it no longer
-expires, so admitted spend stays bounded however long the workers take. Only
-settlement (or an operator) releases it. Jobs are JSON, not pickle, so that
-the script can build them; the worker is configured with the same codec.
+The proxy appends the event (JSON) to the stream and, in the same atomic Lua
+script, turns the request's hold into a *pending charge*: its amount becomes
+the request's priced cost and it no longer expires, so admitted spend stays
+bounded however long the workers take. Only settlement (or an operator)
+releases it. Workers read the stream in batches through a consumer group; an
+entry is acknowledged and deleted only after its batch is committed in
+Postgres, and entries of a worker that died are claimed by another.
 """
 
 from __future__ import annotations
@@ -13,88 +14,64 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-import orjson
-from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio import Redis
 
 from shared import redis_keys
-from shared.events import SETTLE_JOB, UsageEvent
+from shared.events import UsageEvent
 
-# An event waits this long for a worker before arq drops it: far past any outage.
+# A pending charge waits this long for its settlement before the reaper frees it.
 KEEP_UNSETTLED = timedelta(days=30)
 _KEEP_MS = int(KEEP_UNSETTLED.total_seconds() * 1000)
+GROUP = "settlers"
 
-
-def job_serializer(data: dict) -> bytes:
-    return orjson.dumps(data)
-
-
-def job_deserializer(data: bytes) -> dict:
-    return orjson.loads(data)
-
-
-# KEYS: job, result, queue, bal, holds, holdexp, rate window.
-# ARGV: job id, job payload, job ttl ms, score ms, pending units, units - placed, placed,
+# KEYS: stream, bal, holds, holdexp, rate window.
+# ARGV: event JSON, request id, pending units, units - placed, placed, expiry ms,
 #       tokens to count against the key's per-minute token limit ('0': none).
-# Returns 1 when the job was added, 0 when a job with this id existed already.
 _ENQUEUE = """
-local added = 0
-if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
-  redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-  added = 1
-end
-local old = redis.call('HGET', KEYS[5], ARGV[1])
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[5])
-redis.call('ZADD', KEYS[6], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
-if old == ARGV[7] then
-  if ARGV[6] ~= '0' then redis.call('HINCRBY', KEYS[4], 'held', ARGV[6]) end
+redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+local old = redis.call('HGET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[2])
+if old == ARGV[5] then
+  if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', ARGV[4]) end
 elseif old then
-  redis.call('HINCRBY', KEYS[4], 'held', tostring(tonumber(ARGV[5]) - tonumber(old)))
-elseif ARGV[5] ~= '0' then
-  redis.call('HINCRBY', KEYS[4], 'held', ARGV[5])
+  redis.call('HINCRBY', KEYS[2], 'held', tostring(tonumber(ARGV[3]) - tonumber(old)))
+elseif ARGV[3] ~= '0' then
+  redis.call('HINCRBY', KEYS[2], 'held', ARGV[3])
 end
-if ARGV[8] ~= '0' then
-  redis.call('HINCRBY', KEYS[7], 't', ARGV[8])
-  redis.call('EXPIRE', KEYS[7], 120)
+if ARGV[7] ~= '0' then
+  redis.call('HINCRBY', KEYS[5], 't', ARGV[7])
+  redis.call('EXPIRE', KEYS[5], 120)
 end
-return added
+return 1
 """
 
 
 class UsageQueue:
-    def __init__(self, redis: Redis, queue_name: str) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_ENQUEUE)
-        self._queue_name = queue_name
 
     async def enqueue(
         self, event: UsageEvent, pending_units: int, rate_window: str | None = None
-    ) -> bool:
-        """Enqueue the event (the request id is the job id) and make its hold a
-        pending charge of `pending_units`; with `rate_window`, count its tokens
-        against the key's per-minute token limit. Repeating an event is a no-op."""
-        now_ms = int(time.time() * 1000)
-        payload = job_serializer(
-            {"t": None, "f": SETTLE_JOB, "a": [event.to_json()], "k": {}, "et": now_ms}
-        )
+    ) -> None:
+        """Append the event and make its hold a pending charge of `pending_units`;
+        with `rate_window`, count its tokens against the key's per-minute limit.
+        Appending an event twice is harmless: settlement is idempotent."""
         user = event.user_id
-        added = await self._script(
+        tokens = event.usage.input_tokens + event.usage.output_tokens if rate_window else 0
+        await self._script(
             keys=[
-                job_key_prefix + event.request_id,
-                result_key_prefix + event.request_id,
-                self._queue_name,
+                redis_keys.USAGE_STREAM,
                 *redis_keys.user_keys(user),
                 rate_window or redis_keys.balance(user),
             ],
             args=[
+                event.to_json(),
                 event.request_id,
-                payload,
-                str(_KEEP_MS),
-                str(now_ms),
                 str(pending_units),
                 str(pending_units - event.hold_units),
                 str(event.hold_units),
-                str(event.usage.input_tokens + event.usage.output_tokens if rate_window else 0),
+                str(int(time.time() * 1000) + _KEEP_MS),
+                str(tokens),
             ],
         )
-        return bool(added)

@@ -129,6 +129,7 @@ class Stack:
             MODEL_CATALOG=self.catalog,
             METERWAY_SECRET_KEY=SECRET_KEY,
             SETTLE_JOB_TIMEOUT="2",
+            SETTLE_CLAIM_IDLE_SECONDS="2",
             LOG_LEVEL="WARNING",
         )
         env.update(extra)

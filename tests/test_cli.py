@@ -29,6 +29,8 @@ from shared import redis_keys
 from shared.config import Settings
 from shared.keys import SecretBox
 from tests.conftest import SECRET_KEY
+from tests.stack import wait_http
+from tests.util import free_port
 
 # `meterway.cli` has no __main__ guard: call the console script's entry point.
 CLI = [sys.executable, "-c", "import sys; from meterway.cli import main; sys.exit(main())"]
@@ -204,9 +206,24 @@ async def test_migrate_creates_a_fresh_schema_then_is_idempotent(
         await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def test_dashboard_says_not_built_yet(cli: Cli) -> None:
-    r = await cli.fails("dashboard")
-    assert r.out == ""
+async def test_dashboard_command_serves_the_sign_in_page(cli: Cli) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; from meterway.cli import main; sys.exit(main())",
+        "dashboard",
+        "--port",
+        str(port),
+        env=cli.env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/login")
+    finally:
+        proc.kill()
+        await proc.wait()
 
 
 # --- users ------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ async def dev_process(database_url: str, redis_url: str):
         # its own Redis database: its worker must not share the tests' queue
         "REDIS_URL": urlunsplit(urlsplit(redis_url)._replace(path="/12")),
         "PROXY_PORT": str(port),
+        "DASHBOARD_PORT": str(free_port()),
         "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
     }
     proc, output = await run_dev(env)
@@ -110,6 +111,7 @@ async def test_dev_runs_embedded_postgres_and_redis(tmp_path):
         "METERWAY_EMBEDDED": "1",
         "METERWAY_EMBEDDED_DIR": str(tmp_path),
         "PROXY_PORT": str(port),
+        "DASHBOARD_PORT": str(free_port()),
         "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
     }
     proc, output = await run_dev(env)

@@ -171,21 +171,21 @@ async def test_worker_killed_mid_batch_and_duplicate_delivery(stack, books, pg, 
     acct = await books.create("5")
     client = anthropic_client(url, acct.key)
     ids = []
-    for _ in range(30):  # queued while no worker runs
+    for _ in range(120):  # queued while no worker runs
         raw = await client.messages.with_raw_response.create(
             model="claude-haiku-4-5", max_tokens=20, messages=HELLO
         )
         ids.append(raw.headers["x-request-id"])
-    worker = await stack.worker()
-    for _ in range(200):  # kill it while it is settling
+    worker = await stack.worker(SETTLE_BATCH_SIZE="5")
+    for _ in range(500):  # kill it while it is settling
         done = await pg.fetchval(
             "SELECT count(*) FROM usage_records WHERE request_id = ANY($1::text[])", ids
         )
-        if done >= 3:
+        if done >= 10:
             break
         await asyncio.sleep(0.01)
     await stack.kill(worker)
-    assert done < 30, "the worker finished before it could be killed"
+    assert done < 120, "the worker finished before it could be killed"
     await stack.worker()  # a restarted worker picks up the rest, the killed jobs included
     await wait_settled(pg, ids, timeout=40)
 
@@ -204,10 +204,15 @@ async def test_worker_killed_mid_batch_and_duplicate_delivery(stack, books, pg, 
         stream=False,
         usage={"uncached_input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"]},
     )
-    await redis.delete(f"arq:result:{ids[0]}", f"arq:job:{ids[0]}")
-    assert await UsageQueue(redis, "meterway:queue").enqueue(replay, 0)
-    await asyncio.sleep(1.0)
-    assert await redis.zcard("meterway:queue") == 0  # it ran
+    queue = UsageQueue(redis)
+    await queue.enqueue(replay, 0)
+    await queue.enqueue(replay, 0)
+    for _ in range(50):  # both copies consumed
+        if await redis.xlen("mw:usage") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await redis.xlen("mw:usage") == 0
+    assert await pg.fetchval("SELECT count(*) FROM ledger WHERE request_id = $1", ids[0]) == 1
     await assert_books_close(pg, redis, stack, acct.user_id, Decimal(5))
 
 

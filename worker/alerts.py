@@ -60,25 +60,33 @@ async def fire(
     return True
 
 
-async def check_after_settlement(
-    pg, redis: Redis, settings: Settings, event: UsageEvent, cost: Decimal, payer: Payer
+async def check_after_batch(
+    pg,
+    redis: Redis,
+    settings: Settings,
+    charges: list[tuple[UsageEvent, Decimal]],
+    payers: dict[int, Payer],
 ) -> None:
-    user_spend, provider_spend = await daily.record(redis, event, cost)
-    if payer.daily_alert_usd is not None and user_spend >= payer.daily_alert_usd:
-        await fire(
-            pg, redis, settings, "user_daily_spend", f"user:{payer.user_id}",
-            f"Your Meterway spend today is {usd_str(user_spend)} USD, at or above your"
-            f" daily alert of {usd_str(payer.daily_alert_usd)} USD.",
-            [payer.email],
-        )  # fmt: skip
-    if payer.low_balance_usd is not None and payer.balance_usd < payer.low_balance_usd:
-        await fire(
-            pg, redis, settings, "user_low_balance", f"user:{payer.user_id}",
-            f"Your Meterway balance is {usd_str(payer.balance_usd)} USD, below your"
-            f" low-balance alert of {usd_str(payer.low_balance_usd)} USD.",
-            [payer.email],
-        )  # fmt: skip
-    await check_provider(pg, redis, settings, event.provider, provider_spend)
+    """Count the batch's charges and check every rule they may have crossed."""
+    user_spend, provider_spend = await daily.record(redis, charges)
+    for user_id, spend_today in user_spend.items():
+        payer = payers[user_id]
+        if payer.daily_alert_usd is not None and spend_today >= payer.daily_alert_usd:
+            await fire(
+                pg, redis, settings, "user_daily_spend", f"user:{user_id}",
+                f"Your Meterway spend today is {usd_str(spend_today)} USD, at or above your"
+                f" daily alert of {usd_str(payer.daily_alert_usd)} USD.",
+                [payer.email],
+            )  # fmt: skip
+        if payer.low_balance_usd is not None and payer.balance_usd < payer.low_balance_usd:
+            await fire(
+                pg, redis, settings, "user_low_balance", f"user:{user_id}",
+                f"Your Meterway balance is {usd_str(payer.balance_usd)} USD, below your"
+                f" low-balance alert of {usd_str(payer.low_balance_usd)} USD.",
+                [payer.email],
+            )  # fmt: skip
+    for provider, spend_today in provider_spend.items():
+        await check_provider(pg, redis, settings, provider, spend_today)
 
 
 async def check_provider(

@@ -1,10 +1,13 @@
-"""Idempotent settlement: price a usage event and charge it in Postgres once.
+"""Idempotent settlement: price usage events and charge them in Postgres once.
 
-One Postgres transaction writes the usage record (unique by request id), the
-ledger charge and the new balance. A redelivered or duplicated event finds its
-request id already recorded and changes nothing in Postgres; it still
-republishes the balance view and releases the hold, so a worker that died
-between the commit and the Redis update leaves nothing behind.
+A batch of events is settled in one Postgres transaction: the users involved
+are locked (in id order, so concurrent workers cannot deadlock), each event is
+priced, the usage records are inserted in one statement (unique by request
+id: an event seen before inserts nothing), and only the new ones write ledger
+charges and move balances. After the commit one Redis round trip publishes the
+new balances and releases every hold of the batch, including the holds of
+events that were settled before: a worker that died between its commit and
+its Redis update leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ from redis.asyncio import Redis
 from shared.balance_view import BalanceView
 from shared.catalog import Catalog
 from shared.config import Settings
-from shared.db import usage as db_usage
-from shared.db import users as db_users
 from shared.events import UsageEvent
 from shared.pricing import cost_usd
-from worker.alerts import Payer, check_after_settlement
+from worker import batch_sql
+from worker.alerts import Payer, check_after_batch
 
 log = structlog.get_logger("meterway.settle")
 
@@ -49,46 +51,85 @@ class SettleDeps:
     settings: Settings
 
 
-async def settle_event(deps: SettleDeps, event: UsageEvent) -> Settlement:
-    price = deps.catalog.get(event.model)
-    if price is None:
-        raise UnpricedModel(f"no price for model {event.model!r}")
+def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
+    seen: dict[str, UsageEvent] = {}
+    for event in events:
+        seen.setdefault(event.request_id, event)
+    return list(seen.values())
+
+
+async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settlement]:
+    """Settle events; an event of an unpriced model or unknown user raises before
+    anything is written, so the caller can set it aside and settle the rest."""
+    events = _unique(events)
+    for event in events:
+        if deps.catalog.get(event.model) is None:
+            raise UnpricedModel(f"no price for model {event.model!r} ({event.request_id})")
     async with deps.pg.acquire() as conn, conn.transaction():
-        user = await conn.fetchrow(
-            "SELECT email, rate_multiplier, daily_alert_usd, low_balance_usd FROM users"
-            " WHERE id = $1 FOR UPDATE",
-            event.user_id,
+        users = await batch_sql.lock_users(conn, sorted({e.user_id for e in events}))
+        missing = {e.user_id for e in events} - users.keys()
+        if missing:
+            raise LookupError(f"no users {sorted(missing)}")
+        costs = {
+            e.request_id: cost_usd(
+                e.usage, deps.catalog.models[e.model], users[e.user_id]["rate_multiplier"]
+            )
+            for e in events
+        }
+        new_ids = await batch_sql.insert_usage(conn, events, costs)
+        charged = [e for e in events if e.request_id in new_ids]
+        balances = await batch_sql.charge(conn, charged, costs, users)
+    settlements = [
+        Settlement(
+            e.request_id, costs[e.request_id], e.request_id in new_ids, balances[e.user_id][0]
         )
-        if user is None:
-            raise LookupError(f"no user {event.user_id}")
-        cost = cost_usd(event.usage, price, user["rate_multiplier"])
-        charged = await db_usage.insert(conn, event, cost)
-        if charged:
-            balance, version = await db_users.change_balance(
-                conn, event.user_id, -cost, kind="charge", request_id=event.request_id
-            )
-            await conn.execute(
-                "UPDATE api_keys SET last_used_at = GREATEST(last_used_at, $2) WHERE id = $1",
-                event.api_key_id,
-                event.created_at,
-            )
-        else:
-            current = await db_users.balance(conn, event.user_id)
-            assert current is not None
-            balance, version = current
-    await deps.view.publish(event.user_id, balance, version, release_request_id=event.request_id)
+        for e in events
+    ]
+    await _publish(deps, events, balances)
     if charged:
-        payer = Payer(
-            event.user_id, user["email"], user["daily_alert_usd"], user["low_balance_usd"], balance
+        await _count_and_alert(deps, charged, costs, users, balances)
+    log.info("settled", events=len(events), charged=len(charged))
+    return settlements
+
+
+async def settle_event(deps: SettleDeps, event: UsageEvent) -> Settlement:
+    return (await settle_batch(deps, [event]))[0]
+
+
+async def _publish(
+    deps: SettleDeps, events: list[UsageEvent], balances: dict[int, tuple[Decimal, int]]
+) -> None:
+    """New balance views and hold releases for the whole batch, one round trip."""
+    pipe = deps.redis.pipeline(transaction=False)
+    published: set[int] = set()
+    for event in events:
+        if event.user_id in published:
+            await deps.view.release_in(pipe, event.user_id, event.request_id)
+            continue
+        balance, version = balances[event.user_id]
+        await deps.view.publish_in(pipe, event.user_id, balance, version, event.request_id)
+        published.add(event.user_id)
+    await pipe.execute()
+
+
+async def _count_and_alert(deps, charged, costs, users, balances) -> None:
+    payers = {
+        user_id: Payer(
+            user_id,
+            row["email"],
+            row["daily_alert_usd"],
+            row["low_balance_usd"],
+            balances[user_id][0],
         )
-        try:
-            await check_after_settlement(deps.pg, deps.redis, deps.settings, event, cost, payer)
-        except Exception:  # counters and alerts must never undo a settlement
-            log.exception("alert_check_failed", request_id=event.request_id)
-    log.info(
-        "settled" if charged else "already_settled",
-        request_id=event.request_id,
-        cost_usd=str(cost),
-        estimated=event.estimated,
-    )
-    return Settlement(event.request_id, cost, charged, balance)
+        for user_id, row in users.items()
+    }
+    try:
+        await check_after_batch(
+            deps.pg,
+            deps.redis,
+            deps.settings,
+            [(e, costs[e.request_id]) for e in charged],
+            payers,
+        )
+    except Exception:  # counters and alerts must never undo a settlement
+        log.exception("alert_check_failed")

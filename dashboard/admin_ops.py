@@ -1,0 +1,198 @@
+"""Operator pages: providers, provider keys, alerts log, model catalog, system."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from dashboard.common import (
+    FormError,
+    State,
+    admin_required,
+    flash_redirect,
+    int_param,
+    parse_amount,
+    render,
+    state,
+    take_flash,
+)
+from shared import daily, invalidation, redis_keys
+from shared.catalog import PROVIDERS, load_catalog
+from shared.db import dashboard as q
+from shared.db import providers as db
+from shared.db.usage import start_of_utc_day
+from shared.keys import SecretBox, visible_prefix
+
+
+def _provider(request: web.Request) -> str:
+    name = request.match_info["provider"]
+    if name not in PROVIDERS:
+        raise web.HTTPNotFound()
+    return name
+
+
+@admin_required
+async def providers_page(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    spend = await q.provider_spend_since(st.pg, start_of_utc_day())
+    rows = await db.list_providers(st.pg)
+    return render(request, "admin_providers.html", {"title": "Providers", "rows": rows,
+                  "spend": spend, "flash": await take_flash(request)})  # fmt: skip
+
+
+@admin_required
+async def provider_pause(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    name = _provider(request)
+    paused = request.match_info["action"] == "pause"
+    await db.set_paused(st.pg, name, paused, "paused by operator" if paused else None)
+    note = ""
+    if not paused:
+        try:
+            await daily.mark_resume(st.redis, name)
+        except Exception as exc:
+            note = f" (Redis did not take the resume point: {exc})"
+    await st.notify(invalidation.PROVIDERS_MESSAGE)
+    await flash_redirect(request, "/admin/providers",
+                         f"{name} {'paused' if paused else 'active'}{note}.")  # fmt: skip
+
+
+@admin_required
+async def provider_thresholds(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    name = _provider(request)
+    form = await request.post()
+    try:
+        warn = parse_amount(str(form.get("warn_usd", "")), "Warn", allow_blank=True, minimum=0)
+        stop = parse_amount(str(form.get("stop_usd", "")), "Stop", allow_blank=True, minimum=0)
+    except FormError as exc:
+        await flash_redirect(request, "/admin/providers", str(exc))
+    await db.set_thresholds(st.pg, name, warn_usd=warn, stop_usd=stop)
+    await st.notify(invalidation.PROVIDERS_MESSAGE)
+    await flash_redirect(request, "/admin/providers", f"{name}: thresholds saved.")
+
+
+@admin_required
+async def provider_keys_page(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    cooling: set[int] = set()
+    async for key in st.redis.scan_iter(match=redis_keys.COOLING_PATTERN):
+        cooling.add(int(key.rsplit(b":", 1)[1]))
+    rows = [
+        {"id": k.id, "provider": k.provider, "name": k.name, "prefix": k.prefix,
+         "status": "cooling" if k.status == "active" and k.id in cooling else k.status,
+         "created_at": k.created_at}
+        for k in await db.list_keys(st.pg)
+    ]  # fmt: skip
+    return render(request, "admin_provider_keys.html", {"title": "Provider keys", "rows": rows,
+                  "providers": PROVIDERS, "flash": await take_flash(request)})  # fmt: skip
+
+
+@admin_required
+async def provider_key_add(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    form = await request.post()
+    provider = str(form.get("provider", ""))
+    secret = str(form.get("secret", "")).strip()
+    name = str(form.get("name", "")).strip()[:80]
+    if provider not in PROVIDERS:
+        await flash_redirect(request, "/admin/provider-keys", "Choose a provider.")
+    if len(secret) < 8 or len(secret) > 4096 or any(c.isspace() for c in secret):
+        await flash_redirect(request, "/admin/provider-keys", "That does not look like a key.")
+    try:
+        box = SecretBox(st.settings.require_secret_key())
+    except RuntimeError as exc:
+        await flash_redirect(request, "/admin/provider-keys", str(exc))
+    key_id = await db.add_key(st.pg, provider, name, visible_prefix(secret), box.encrypt(secret))
+    await st.notify(invalidation.PROVIDERS_MESSAGE)
+    await flash_redirect(request, "/admin/provider-keys",
+                         f"Added {provider} key {key_id} ({visible_prefix(secret)}…).")  # fmt: skip
+
+
+@admin_required
+async def provider_key_action(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    key_id = int_param(request, "key_id")
+    action = request.match_info["action"]
+    if action == "remove":
+        done = await db.remove_key(st.pg, key_id)
+    else:
+        status = "disabled" if action == "disable" else "active"
+        done = await db.set_key_status(st.pg, key_id, status, "set by operator")
+    if not done:
+        raise web.HTTPNotFound()
+    await st.notify(invalidation.PROVIDERS_MESSAGE)
+    verb = {"remove": "removed", "disable": "disabled", "enable": "enabled"}[action]
+    await flash_redirect(request, "/admin/provider-keys", f"Provider key {key_id} {verb}.")
+
+
+@admin_required
+async def alerts_page(request: web.Request) -> web.StreamResponse:
+    rows = await q.recent_alerts(state(request).pg)
+    return render(request, "admin_alerts.html", {"title": "Alerts", "rows": rows})
+
+
+@admin_required
+async def catalog_page(request: web.Request) -> web.StreamResponse:
+    try:
+        catalog = load_catalog(state(request).settings.model_catalog)
+        models, error = sorted(catalog.models.items(), key=lambda m: (m[1].provider, m[0])), None
+    except ValueError as exc:
+        models, error = [], str(exc)
+    return render(request, "admin_catalog.html", {"title": "Model catalog", "models": models,
+                  "error": error})  # fmt: skip
+
+
+def _age(then: datetime | None) -> str:
+    if then is None:
+        return "-"
+    seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
+async def queue_stats(st: State) -> tuple[int, datetime | None]:
+    """Unsettled usage events and when the oldest was queued.
+
+    Reads the usage stream (entries are deleted once settled; ids start with
+    their epoch milliseconds) and, where configured, the older arq queue (a
+    sorted set scored by enqueue time in milliseconds)."""
+    depth, oldest_ms = 0, None
+    stream = getattr(redis_keys, "USAGE_STREAM", None)
+    if stream and await st.redis.exists(stream):
+        depth += await st.redis.xlen(stream)
+        first = await st.redis.xrange(stream, count=1)
+        if first:
+            oldest_ms = int(first[0][0].split(b"-")[0])
+    queue = getattr(st.settings, "queue_name", None)
+    if queue and await st.redis.type(queue) == b"zset":
+        depth += await st.redis.zcard(queue)
+        first = await st.redis.zrange(queue, 0, 0, withscores=True)
+        if first and (oldest_ms is None or first[0][1] < oldest_ms):
+            oldest_ms = int(first[0][1])
+    oldest = datetime.fromtimestamp(oldest_ms / 1000, UTC) if oldest_ms is not None else None
+    return depth, oldest
+
+
+@admin_required
+async def system_page(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    depth, oldest_queued = await queue_stats(st)
+    stats = await q.system_stats(st.pg, start_of_utc_day())
+    facts = [
+        ("Queue depth (unsettled usage events)", f"{depth}"),
+        ("Oldest queued event", _age(oldest_queued) + (" ago" if oldest_queued else "")),
+        ("Spooled events (saved while Redis was down)", f"{stats['spooled']}"),
+        ("Oldest spooled event", _age(stats["oldest_spooled"])
+         + (" ago" if stats["oldest_spooled"] else "")),
+        ("Usage records today (UTC)", f"{stats['records_today']}"),
+        ("Estimated usage records today", f"{stats['estimated_today']}"),
+        ("Orphaned holds released today", f"{stats['orphaned_today']}"),
+    ]  # fmt: skip
+    return render(request, "admin_system.html", {"title": "System", "facts": facts,
+                  "now": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})  # fmt: skip

@@ -1,0 +1,146 @@
+"""Operator pages for users: search, create, credit, rate multiplier, disable,
+set a password or make a one-time invite link."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from dashboard.auth_views import check_new_password, hash_password
+from dashboard.common import (
+    FormError,
+    admin_required,
+    current_user,
+    flash_redirect,
+    int_param,
+    log,
+    parse_amount,
+    render,
+    state,
+    take_flash,
+)
+from shared import invalidation
+from shared.db import api_keys, users
+from shared.db import dashboard as q
+from shared.money import units_to_usd
+
+
+@admin_required
+async def users_list(request: web.Request) -> web.StreamResponse:
+    query = request.query.get("q", "")[:200]
+    rows = await q.search_users(state(request).pg, query)
+    return render(request, "admin_users.html", {"title": "Users", "rows": rows, "q": query,
+                  "flash": await take_flash(request)})  # fmt: skip
+
+
+@admin_required
+async def user_create(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    form = await request.post()
+    email = str(form.get("email", "")).strip().lower()
+    if "@" not in email or len(email) > 320:
+        await flash_redirect(request, "/admin/users", f"Not an email address: {email!r}.")
+    try:
+        user = await users.create(st.pg, email, is_admin=form.get("is_admin") == "on")
+    except asyncpg.UniqueViolationError:
+        await flash_redirect(request, "/admin/users", f"A user with email {email} exists.")
+    await flash_redirect(request, f"/admin/users/{user.id}",
+                         "User created. Set a password or make an invite link.")  # fmt: skip
+
+
+async def _load(request: web.Request) -> users.User:
+    user = await users.by_id(state(request).pg, int_param(request, "user_id"))
+    if user is None:
+        raise web.HTTPNotFound()
+    return user
+
+
+async def _detail(request: web.Request, target: users.User, *, error: str | None = None,
+                  invite: str | None = None, status: int = 200) -> web.Response:  # fmt: skip
+    st = state(request)
+    held = units_to_usd(await st.view.held_units(target.id))
+    return render(request, "admin_user.html", {
+        "title": target.email, "target": target, "held": held, "error": error,
+        "invite": invite, "flash": await take_flash(request),
+        "keys": await api_keys.list_for_user(st.pg, target.id),
+        "ledger": await q.recent_ledger(st.pg, target.id),
+    }, status=status)  # fmt: skip
+
+
+@admin_required
+async def user_detail(request: web.Request) -> web.StreamResponse:
+    return await _detail(request, await _load(request))
+
+
+@admin_required
+async def user_credit(request: web.Request) -> web.StreamResponse:
+    """Top up (positive) or debit (negative); the reason lands in the ledger note."""
+    st = state(request)
+    target = await _load(request)
+    form = await request.post()
+    reason = str(form.get("reason", "")).strip()[:500]
+    try:
+        amount = parse_amount(str(form.get("amount_usd", "")), "Amount")
+        assert amount is not None
+        if amount == 0:
+            raise FormError("Amount must not be zero")
+        if not reason:
+            raise FormError("Give a reason: it is written to the ledger")
+    except FormError as exc:
+        return await _detail(request, target, error=str(exc), status=400)
+    operator = current_user(request)
+    kind = "topup" if amount > 0 else "adjustment"
+    async with st.pg.acquire() as conn, conn.transaction():
+        balance, version = await users.change_balance(
+            conn, target.id, amount, kind=kind, note=f"{reason} (by {operator.email}, dashboard)"
+        )
+    try:
+        await st.view.publish(target.id, balance, version)
+    except Exception as exc:  # the proxy rebuilds a missing view from Postgres
+        log.warning("balance_view_not_updated", error=str(exc))
+    await flash_redirect(request, f"/admin/users/{target.id}",
+                         f"Balance changed by {amount} USD; now {balance} USD.")  # fmt: skip
+
+
+@admin_required
+async def user_settings(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    target = await _load(request)
+    form = await request.post()
+    try:
+        rate = parse_amount(str(form.get("rate_multiplier", "")), "Rate multiplier", minimum=0)
+    except FormError as exc:
+        return await _detail(request, target, error=str(exc), status=400)
+    disabled = form.get("disabled") == "on"
+    if target.id == current_user(request).id and disabled:
+        return await _detail(request, target, error="You cannot disable yourself.", status=400)
+    await users.update(st.pg, target.id, rate_multiplier=rate, disabled=disabled)
+    await st.notify(invalidation.user_message(target.id))
+    if disabled:
+        await st.sessions.delete_all_for_user(target.id)
+    await flash_redirect(request, f"/admin/users/{target.id}", "User settings saved.")
+
+
+@admin_required
+async def user_password(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    target = await _load(request)
+    form = await request.post()
+    password = str(form.get("password", ""))
+    problem = check_new_password(password, str(form.get("confirm", "")))
+    if problem:
+        return await _detail(request, target, error=problem, status=400)
+    await q.set_password_hash(st.pg, target.id, await hash_password(password))
+    if target.id != current_user(request).id:
+        await st.sessions.delete_all_for_user(target.id)
+    await flash_redirect(request, f"/admin/users/{target.id}", "Password set.")
+
+
+@admin_required
+async def user_invite(request: web.Request) -> web.StreamResponse:
+    target = await _load(request)
+    token = await state(request).invites.create(target.id)
+    link = f"{request.scheme}://{request.host}/invite/{token}"
+    if request.headers.get("X-Forwarded-Proto", "").lower() == "https":
+        link = f"https://{request.host}/invite/{token}"
+    return await _detail(request, target, invite=link)

@@ -1,0 +1,90 @@
+"""The dashboard's aiohttp application: `create_app(settings)` and `run(...)`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from redis.asyncio import Redis
+
+from dashboard import admin_ops, admin_users, auth_views, user_views
+from dashboard.common import STATE, State, headers_middleware, session_middleware
+from dashboard.sessions import Invites, SessionStore, Throttle
+from shared.balance_view import BalanceView
+from shared.config import Settings
+from shared.db.pool import create_pool
+
+HERE = Path(__file__).resolve().parent
+
+
+def _routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", user_views.home)
+    r.add_get("/login", auth_views.login_page)
+    r.add_post("/login", auth_views.login)
+    r.add_post("/logout", auth_views.logout)
+    r.add_get("/invite/{token}", auth_views.invite_page)
+    r.add_post("/invite/{token}", auth_views.invite_submit)
+    r.add_get("/keys", user_views.keys_list)
+    r.add_post("/keys", user_views.key_create)
+    r.add_post("/keys/{key_id}/revoke", user_views.key_revoke)
+    r.add_get("/usage", user_views.usage)
+    r.add_get("/usage.csv", user_views.usage_csv)
+    r.add_get("/settings", user_views.settings_page)
+    r.add_post("/settings", user_views.settings_save)
+    r.add_get("/admin/users", admin_users.users_list)
+    r.add_post("/admin/users", admin_users.user_create)
+    r.add_get("/admin/users/{user_id}", admin_users.user_detail)
+    r.add_post("/admin/users/{user_id}/credit", admin_users.user_credit)
+    r.add_post("/admin/users/{user_id}/settings", admin_users.user_settings)
+    r.add_post("/admin/users/{user_id}/password", admin_users.user_password)
+    r.add_post("/admin/users/{user_id}/invite", admin_users.user_invite)
+    r.add_get("/admin/providers", admin_ops.providers_page)
+    r.add_post("/admin/providers/{provider}/thresholds", admin_ops.provider_thresholds)
+    r.add_post("/admin/providers/{provider}/{action:pause|resume}", admin_ops.provider_pause)
+    r.add_get("/admin/provider-keys", admin_ops.provider_keys_page)
+    r.add_post("/admin/provider-keys", admin_ops.provider_key_add)
+    r.add_post(
+        "/admin/provider-keys/{key_id}/{action:disable|enable|remove}",
+        admin_ops.provider_key_action,
+    )
+    r.add_get("/admin/alerts", admin_ops.alerts_page)
+    r.add_get("/admin/catalog", admin_ops.catalog_page)
+    r.add_get("/admin/system", admin_ops.system_page)
+    r.add_static("/static/", HERE / "static")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[headers_middleware, session_middleware],
+                          client_max_size=1024 * 1024)  # fmt: skip
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pg = await create_pool(settings.database_url, max_size=5)
+        redis = Redis.from_url(settings.redis_url)
+        app[STATE] = State(
+            settings, pg, redis, SessionStore(redis), Throttle(redis), Invites(redis),
+            BalanceView(redis),
+        )  # fmt: skip
+        yield
+        await redis.aclose()
+        await pg.close()
+
+    app.cleanup_ctx.append(resources)
+    _routes(app)
+    return app
+
+
+def run(settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Serve the dashboard until interrupted (`meterway dashboard`)."""
+    web.run_app(
+        create_app(settings), host=host, port=port or settings.dashboard_port, access_log=None,
+        print=lambda _: print(f"dashboard on http://{host}:{port or settings.dashboard_port}"),
+    )  # fmt: skip

@@ -1,0 +1,209 @@
+"""What every dashboard handler shares: state, the session middleware, rendering,
+the sign-in and operator guards, and small form helpers."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn
+
+import aiohttp_jinja2
+import asyncpg
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+
+from dashboard.sessions import COOKIE, SESSION_TTL, Invites, Session, SessionStore, Throttle
+from shared import invalidation
+from shared.balance_view import BalanceView
+from shared.config import Settings
+from shared.db import users
+from shared.money import usd_str
+
+log = structlog.get_logger("meterway.dashboard")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class State:
+    settings: Settings
+    pg: asyncpg.Pool
+    redis: Redis
+    sessions: SessionStore
+    throttle: Throttle
+    invites: Invites
+    view: BalanceView
+
+    async def notify(self, *messages: str) -> None:
+        """Tell running proxies to drop cached state, as the CLI does."""
+        try:
+            await invalidation.publish(self.redis, *messages)
+        except Exception as exc:
+            log.warning("invalidation_not_sent", error=str(exc))
+
+
+STATE = web.AppKey("state", State)
+SESSION_KEY = web.RequestKey("mw_session", Session)
+USER_KEY = web.RequestKey("mw_user", users.User)
+
+
+def state(request: web.Request) -> State:
+    return request.app[STATE]
+
+
+def is_https(request: web.Request) -> bool:
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+
+
+def set_session_cookie(request: web.Request, response: web.StreamResponse, s: Session) -> None:
+    response.set_cookie(
+        COOKIE, s.token, httponly=True, samesite="Lax", secure=is_https(request), path="/",
+        max_age=SESSION_TTL if s.user_id is not None else None,
+    )  # fmt: skip
+
+
+@web.middleware
+async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Loads (or starts) the session and its user, checks CSRF on every POST."""
+    if request.path.startswith("/static/"):
+        return await handler(request)
+    st = state(request)
+    session = await st.sessions.load(request.cookies.get(COOKIE, ""))
+    fresh = session is None
+    if session is None:
+        session = await st.sessions.create(None)
+    user = None
+    if session.user_id is not None:
+        user = await users.by_id(st.pg, session.user_id)
+        if user is None or user.disabled:
+            await st.sessions.delete(session)
+            session, user, fresh = await st.sessions.create(None), None, True
+    request[SESSION_KEY] = session
+    request[USER_KEY] = user
+    if request.method == "POST":
+        form = await request.post()
+        sent = str(form.get("csrf", ""))
+        if fresh or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            response = render(request, "error.html", {"title": "Form expired", "message":
+                "The form was stale or did not come from this site. Reload and try again."},
+                status=403)  # fmt: skip
+            set_session_cookie(request, response, request[SESSION_KEY])
+            return response
+    else:
+        await st.sessions.touch(session)
+    try:
+        response = await handler(request)
+    except web.HTTPRedirection as exc:
+        # a plain response, so that a changed session can set its cookie on it
+        response = web.Response(status=exc.status, headers={"Location": exc.location or "/"})
+    current: Session = request[SESSION_KEY]
+    if fresh or current is not session:
+        set_session_cookie(request, response, current)
+    return response
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = render(request, "error.html", {"title": "Not found",
+                          "message": "There is nothing here."}, status=404)  # fmt: skip
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+        " frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if not request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def render(
+    request: web.Request, template: str, context: dict[str, Any], status: int = 200
+) -> web.Response:
+    session: Session | None = request.get(SESSION_KEY)
+    base = {"user": request.get(USER_KEY), "csrf": session.csrf if session else "",
+            "path": request.path, "usd": fmt_usd}  # fmt: skip
+    return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+
+
+def current_user(request: web.Request) -> users.User:
+    user = request.get(USER_KEY)
+    assert user is not None
+    return user
+
+
+def login_required(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        if request.get(USER_KEY) is None:
+            raise web.HTTPSeeOther("/login")
+        return await handler(request)
+
+    return wrapper
+
+
+def admin_required(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        user = request.get(USER_KEY)
+        if user is None:
+            raise web.HTTPSeeOther("/login")
+        if not user.is_admin:
+            return render(request, "error.html", {"title": "Forbidden",
+                          "message": "This page is for operators."}, status=403)  # fmt: skip
+        return await handler(request)
+
+    return wrapper
+
+
+async def flash_redirect(request: web.Request, location: str, message: str) -> NoReturn:
+    await state(request).sessions.set_flash(request[SESSION_KEY], message)
+    raise web.HTTPSeeOther(location)
+
+
+async def take_flash(request: web.Request) -> str | None:
+    return await state(request).sessions.pop_flash(request[SESSION_KEY])
+
+
+def fmt_usd(value: Decimal | None, places: int | None = None) -> str:
+    if value is None:
+        return "-"
+    if places is not None and not 0 < abs(value) < Decimal("0.01"):
+        return f"{value:,.{places}f}"
+    return usd_str(value)
+
+
+class FormError(ValueError):
+    """A form value that does not parse; its message is shown to the user."""
+
+
+def parse_amount(text: str, what: str, *, allow_blank: bool = False, minimum: Decimal | None = None
+                 ) -> Decimal | None:  # fmt: skip
+    text = text.strip()
+    if not text:
+        if allow_blank:
+            return None
+        raise FormError(f"{what} is required")
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise FormError(f"{what} must be a decimal number") from exc
+    if not value.is_finite() or abs(value) > Decimal("1e9"):
+        raise FormError(f"{what} is out of range")
+    if minimum is not None and value < minimum:
+        raise FormError(f"{what} must be at least {minimum}")
+    return value
+
+
+def int_param(request: web.Request, name: str) -> int:
+    try:
+        return int(request.match_info[name])
+    except (KeyError, ValueError) as exc:
+        raise web.HTTPNotFound() from exc

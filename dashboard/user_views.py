@@ -1,0 +1,182 @@
+"""Pages for every signed-in user: API keys, usage (table, chart, CSV), settings.
+
+Every query is scoped to the signed-in user's id; another user's key is a 404.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date
+
+from aiohttp import web
+
+from dashboard.chart import spend_chart
+from dashboard.common import (
+    FormError,
+    current_user,
+    flash_redirect,
+    int_param,
+    login_required,
+    parse_amount,
+    render,
+    state,
+    take_flash,
+)
+from shared import daily, invalidation
+from shared.db import api_keys, users
+from shared.db import dashboard as q
+from shared.db import usage as db_usage
+from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
+from shared.money import units_to_usd, usd_str
+
+PAGE_SIZE = 50
+CSV_LIMIT = 100_000
+
+
+@login_required
+async def home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/usage")
+
+
+async def _keys_page(request: web.Request, new_key: str | None = None, error: str | None = None,
+                     status: int = 200) -> web.Response:  # fmt: skip
+    user = current_user(request)
+    keys = await api_keys.list_for_user(state(request).pg, user.id)
+    keys.sort(key=lambda k: (k.revoked_at is not None, -k.id))
+    return render(request, "keys.html", {"title": "API keys", "keys": keys, "new_key": new_key,
+                  "error": error, "flash": await take_flash(request)}, status=status)  # fmt: skip
+
+
+@login_required
+async def keys_list(request: web.Request) -> web.StreamResponse:
+    return await _keys_page(request)
+
+
+@login_required
+async def key_create(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    form = await request.post()
+    name = str(form.get("name", "")).strip()
+    if not name or len(name) > 80:
+        return await _keys_page(request, error="Give the key a name (at most 80 characters).",
+                                status=400)  # fmt: skip
+    secret = new_proxy_key()
+    await api_keys.create(
+        state(request).pg, user.id, hash_proxy_key(secret), visible_prefix(secret), name=name
+    )
+    # Shown in this response only; never stored or shown again.
+    return await _keys_page(request, new_key=secret)
+
+
+@login_required
+async def key_revoke(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    st = state(request)
+    key = await api_keys.get(st.pg, int_param(request, "key_id"))
+    if key is None or key.user_id != user.id:
+        raise web.HTTPNotFound()
+    key_hash = await api_keys.hash_of(st.pg, key.id)
+    assert key_hash is not None
+    await api_keys.revoke_by_hash(st.pg, key_hash)
+    await st.notify(invalidation.key_message(key_hash))
+    await flash_redirect(request, "/keys", f"Key {key.name} ({key.prefix}…) revoked.")
+
+
+def _filters(request: web.Request) -> tuple[date | None, str | None, str | None]:
+    day_text = request.query.get("day", "").strip()
+    model = request.query.get("model", "").strip()[:200] or None
+    try:
+        day = date.fromisoformat(day_text) if day_text else None
+    except ValueError:
+        return None, model, "The day must look like 2026-01-31."
+    return day, model, None
+
+
+@login_required
+async def usage(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    st = state(request)
+    day, model, error = _filters(request)
+    try:
+        page = max(1, int(request.query.get("page", "1")))
+    except ValueError:
+        page = 1
+    rows, total = await q.usage_page(st.pg, user.id, day=day, model=model, limit=PAGE_SIZE,
+                                     offset=(page - 1) * PAGE_SIZE)  # fmt: skip
+    held = units_to_usd(await st.view.held_units(user.id))
+    fresh = await users.by_id(st.pg, user.id)
+    assert fresh is not None
+    today = daily.today()
+    points = await q.daily_spend(st.pg, user.id, 30, today)
+    return render(request, "usage.html", {
+        "title": "Usage", "rows": rows, "total": total, "page": page,
+        "pages": max(1, -(-total // PAGE_SIZE)), "day": day.isoformat() if day else "",
+        "model": model or "", "models": await q.usage_models(st.pg, user.id), "error": error,
+        "balance": fresh.balance_usd, "held": held, "available": fresh.balance_usd - held,
+        "spend_today": await _spend_today(request, user.id), "chart": spend_chart(points),
+        "month_total": sum((v for _, v in points)),
+    }, status=400 if error else 200)  # fmt: skip
+
+
+async def _spend_today(request: web.Request, user_id: int):
+    """The daily counter the proxy reads; Postgres when Redis has none (as /v1/account)."""
+    st = state(request)
+    if await st.redis.exists(daily.counter_key("user", user_id)):
+        return await daily.spend(st.redis, "user", user_id)
+    return await db_usage.spend_since(st.pg, user_id, db_usage.start_of_utc_day())
+
+
+CSV_FIELDS = ["request_id", "created_at", "provider", "model", "endpoint", "stream",
+              "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+              "cost_usd", "estimated", "status"]  # fmt: skip
+
+
+@login_required
+async def usage_csv(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    day, model, error = _filters(request)
+    if error:
+        raise web.HTTPBadRequest(text=error)
+    rows, _ = await q.usage_page(state(request).pg, user.id, day=day, model=model,
+                                 limit=CSV_LIMIT, offset=0)  # fmt: skip
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for r in rows:
+        writer.writerow([
+            r["request_id"], r["created_at"].isoformat(), r["provider"], r["model"],
+            r["endpoint"], str(r["stream"]).lower(), r["input_tokens"], r["output_tokens"],
+            r["cache_read_tokens"], r["cache_write_tokens"], usd_str(r["cost_usd"]),
+            str(r["estimated"]).lower(), r["status"],
+        ])  # fmt: skip
+    name = f"meterway-usage-{day.isoformat() if day else 'all'}.csv"
+    return web.Response(
+        text=out.getvalue(), content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )  # fmt: skip
+
+
+@login_required
+async def settings_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "settings.html", {"title": "Alerts",
+                  "flash": await take_flash(request)})  # fmt: skip
+
+
+@login_required
+async def settings_save(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    st = state(request)
+    form = await request.post()
+    try:
+        fields = {
+            name: parse_amount(str(form.get(name, "")), label, allow_blank=True, minimum=0)
+            for name, label in (("daily_alert_usd", "Daily alert"),
+                                ("low_balance_usd", "Low balance alert"))
+        }  # fmt: skip
+    except FormError as exc:
+        return render(request, "settings.html", {"title": "Alerts", "error": str(exc)},
+                      status=400)  # fmt: skip
+    await users.update(st.pg, user.id, **fields)
+    await st.notify(invalidation.user_message(user.id))
+    await flash_redirect(request, "/settings", "Alert settings saved.")

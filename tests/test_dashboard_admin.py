@@ -1,0 +1,276 @@
+"""Dashboard operator pages over HTTP: refused to non-operators page by page and
+form by form; credit, user settings, providers, provider keys, alerts, system."""
+
+# ruff: noqa: F811  (the fixtures imported from test_dashboard_helpers are parameters here)
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from dashboard.admin_ops import queue_stats
+from dashboard.common import State
+from shared import redis_keys
+from shared.db import providers
+from shared.db.usage import start_of_utc_day
+from shared.keys import SecretBox
+from shared.money import units_floor
+from shared.redis_keys import INVALIDATE_CHANNEL
+from tests.test_dashboard_helpers import (  # noqa: F401  (fixtures)
+    Browser,
+    add_usage,
+    browser,
+    dashboard_url,
+    make_user,
+    other_browser,
+)
+from tests.util import SECRET_KEY
+
+OPERATOR_PAGES = [
+    "/admin/users",
+    "/admin/users/{uid}",
+    "/admin/providers",
+    "/admin/provider-keys",
+    "/admin/alerts",
+    "/admin/catalog",
+    "/admin/system",
+]
+OPERATOR_FORMS = [
+    ("/admin/users", {"email": "sneaky@example.com", "is_admin": "on"}),
+    ("/admin/users/{uid}/credit", {"amount_usd": "1000", "reason": "free money"}),
+    ("/admin/users/{uid}/settings", {"rate_multiplier": "0"}),
+    ("/admin/users/{uid}/password", {"password": "x" * 12, "confirm": "x" * 12}),
+    ("/admin/users/{uid}/invite", {}),
+    ("/admin/providers/openai/pause", {}),
+    ("/admin/providers/anthropic/resume", {}),
+    ("/admin/providers/openai/thresholds", {"warn_usd": "1", "stop_usd": "0"}),
+    ("/admin/provider-keys", {"provider": "openai", "secret": "sk-stolen-123456", "name": "x"}),
+    ("/admin/provider-keys/{pkid}/disable", {}),
+    ("/admin/provider-keys/{pkid}/enable", {}),
+    ("/admin/provider-keys/{pkid}/remove", {}),
+]
+
+
+async def _snapshot(pg) -> tuple:
+    return (
+        await pg.fetch("SELECT id, email, is_admin, disabled, rate_multiplier, balance_usd,"
+                       " password_hash FROM users ORDER BY id"),
+        await pg.fetch("SELECT * FROM providers ORDER BY name"),
+        await pg.fetch("SELECT id, status FROM provider_keys ORDER BY id"),
+        await pg.fetchval("SELECT count(*) FROM ledger"),
+    )  # fmt: skip
+
+
+async def test_operator_pages_and_forms_refuse_non_operators(pg, provider_keys, browser: Browser):
+    user = await make_user(pg, credit="1")
+    await browser.login(user)
+    ids = {"uid": user.id, "pkid": provider_keys["openai"]}
+    for page in OPERATOR_PAGES:
+        status, text, _ = await browser.get(page.format(**ids))
+        assert status == 403 and "for operators" in text, page
+    before = await _snapshot(pg)
+    for path, form in OPERATOR_FORMS:
+        status, _, _ = await browser.post(path.format(**ids), form)
+        assert status == 403, path
+    assert await _snapshot(pg) == before
+    assert "free money" not in str(await pg.fetch("SELECT note FROM ledger"))
+
+
+async def _listen(redis):
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(INVALIDATE_CHANNEL)
+    await pubsub.get_message(timeout=1.0)
+    return pubsub
+
+
+async def _messages(pubsub, wait: float = 0.7) -> list[str]:
+    found, deadline = [], asyncio.get_running_loop().time() + wait
+    while asyncio.get_running_loop().time() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message:
+            found.append(message["data"].decode())
+    await pubsub.aclose()
+    return found
+
+
+async def test_operator_tops_up_and_debits_with_a_reason(pg, redis, browser: Browser):
+    admin, user = await make_user(pg, admin=True), await make_user(pg, credit="2")
+    await browser.login(admin)
+    _, text, _ = await browser.get(f"/admin/users?q={user.email[:12]}")
+    assert user.email in text and f"/admin/users/{user.id}" in text
+    status, _, _ = await browser.post(
+        f"/admin/users/{user.id}/credit", {"amount_usd": "5.25", "reason": "invoice 42"}
+    )
+    assert status == 303
+    status, _, _ = await browser.post(
+        f"/admin/users/{user.id}/credit", {"amount_usd": "-0.25", "reason": "refund fix"}
+    )
+    assert status == 303
+    balance = await pg.fetchval("SELECT balance_usd FROM users WHERE id = $1", user.id)
+    assert balance == Decimal("7.00")
+    ledger = await pg.fetch(
+        "SELECT kind, amount_usd, note FROM ledger WHERE user_id = $1 ORDER BY id", user.id
+    )
+    assert [r["kind"] for r in ledger] == ["topup", "topup", "adjustment"]
+    assert "invoice 42" in ledger[1]["note"] and admin.email in ledger[1]["note"]
+    assert "refund fix" in ledger[2]["note"]
+    units = await redis.hget(redis_keys.balance(user.id), "units")
+    assert int(units) == units_floor(Decimal(7))
+    _, text, _ = await browser.get(f"/admin/users/{user.id}")
+    assert "$7.0000" in text and "invoice 42" in text
+
+    for form in (
+        {"amount_usd": "3", "reason": ""},
+        {"amount_usd": "0", "reason": "x"},
+        {"amount_usd": "abc", "reason": "x"},
+        {"amount_usd": "NaN", "reason": "x"},
+    ):
+        assert (await browser.post(f"/admin/users/{user.id}/credit", form))[0] == 400, form
+    assert await pg.fetchval("SELECT balance_usd FROM users WHERE id = $1", user.id) == balance
+
+
+async def test_operator_changes_rate_and_disables_a_user(
+    pg, redis, browser: Browser, other_browser: Browser
+):
+    admin, user = await make_user(pg, admin=True), await make_user(pg)
+    await browser.login(admin)
+    await other_browser.login(user)
+    pubsub = await _listen(redis)
+    status, _, _ = await browser.post(
+        f"/admin/users/{user.id}/settings", {"rate_multiplier": "1.2", "disabled": "on"}
+    )
+    assert status == 303
+    assert f"user:{user.id}" in await _messages(pubsub)
+    row = await pg.fetchrow("SELECT rate_multiplier, disabled FROM users WHERE id = $1", user.id)
+    assert row["rate_multiplier"] == Decimal("1.2") and row["disabled"]
+    assert (await other_browser.get("/usage"))[0] == 303  # signed out
+    assert await other_browser.login(user) == 401  # and cannot sign in again
+    status, _, _ = await browser.post(f"/admin/users/{user.id}/settings", {"rate_multiplier": "1"})
+    assert status == 303 and await other_browser.login(user) == 303
+    status, text, _ = await browser.post(
+        f"/admin/users/{admin.id}/settings", {"rate_multiplier": "1", "disabled": "on"}
+    )
+    assert status == 400 and "cannot disable yourself" in text
+
+
+async def test_operator_sets_a_password_and_creates_users(pg, browser: Browser, other_browser):
+    admin, user = await make_user(pg, admin=True), await make_user(pg)
+    await browser.login(admin)
+    new = "brand-new-password"
+    status, _, _ = await browser.post(
+        f"/admin/users/{user.id}/password", {"password": new, "confirm": new}
+    )
+    assert status == 303
+    assert await other_browser.login(user) == 401
+    assert await other_browser.login(type(user)(user.id, user.email, new)) == 303
+    assert (await browser.post(f"/admin/users/{user.id}/password",
+                               {"password": new, "confirm": "other"}))[0] == 400  # fmt: skip
+
+    email = f"created-{user.id}@example.com"
+    status, _, resp = await browser.post("/admin/users", {"email": email})
+    assert status == 303 and resp.headers["Location"].startswith("/admin/users/")
+    created = await pg.fetchrow("SELECT is_admin, password_hash FROM users WHERE email = $1", email)
+    assert created and not created["is_admin"] and created["password_hash"] is None
+
+
+async def test_operator_pauses_resumes_and_sets_thresholds(pg, redis, browser: Browser):
+    admin = await make_user(pg, admin=True)
+    await browser.login(admin)
+    try:
+        pubsub = await _listen(redis)
+        assert (await browser.post("/admin/providers/anthropic/pause"))[0] == 303
+        assert "providers" in await _messages(pubsub)
+        assert await pg.fetchval("SELECT paused FROM providers WHERE name = 'anthropic'")
+        _, text, _ = await browser.get("/admin/providers")
+        assert "Reactivate" in text and "paused by operator" in text
+        assert (await browser.post("/admin/providers/anthropic/resume"))[0] == 303
+        assert not await pg.fetchval("SELECT paused FROM providers WHERE name = 'anthropic'")
+        from shared import daily
+
+        key = daily.counter_key("provider", "anthropic")
+        assert await redis.hexists(key, "resumed_at_spend")
+    finally:
+        await providers.set_paused(pg, "anthropic", False)
+    status, _, _ = await browser.post(
+        "/admin/providers/anthropic/thresholds", {"warn_usd": "50", "stop_usd": "80.5"}
+    )
+    assert status == 303
+    row = await pg.fetchrow("SELECT warn_usd, stop_usd FROM providers WHERE name = 'anthropic'")
+    assert row["warn_usd"] == Decimal(50) and row["stop_usd"] == Decimal("80.5")
+    _, text, _ = await browser.get("/admin/providers")
+    assert 'value="80.5"' in text and "Spend today" in text
+    assert (await browser.post("/admin/providers/nope/pause"))[0] == 404
+
+
+async def test_provider_keys_are_added_encrypted_and_never_shown(pg, redis, browser: Browser):
+    admin = await make_user(pg, admin=True)
+    await browser.login(admin)
+    secret = "sk-dashboard-test-secret-0042"
+    pubsub = await _listen(redis)
+    status, text, _ = await browser.post(
+        "/admin/provider-keys", {"provider": "openai", "name": "dash", "secret": secret}
+    )
+    assert status == 303 and secret not in text
+    assert "providers" in await _messages(pubsub)
+    row = await pg.fetchrow("SELECT * FROM provider_keys WHERE name = 'dash' ORDER BY id DESC")
+    assert SecretBox(SECRET_KEY).decrypt(row["secret_enc"]) == secret
+    assert secret.encode() not in bytes(row["secret_enc"])
+    _, text, _ = await browser.get("/admin/provider-keys")
+    assert secret not in text and row["prefix"] in text and "Added openai key" in text
+    try:
+        for action, status_after in (("disable", "disabled"), ("enable", "active")):
+            assert (await browser.post(f"/admin/provider-keys/{row['id']}/{action}"))[0] == 303
+            current = await pg.fetchval("SELECT status FROM provider_keys WHERE id = $1", row["id"])
+            assert current == status_after
+    finally:
+        assert (await browser.post(f"/admin/provider-keys/{row['id']}/remove"))[0] == 303
+    assert await pg.fetchval("SELECT count(*) FROM provider_keys WHERE id = $1", row["id"]) == 0
+    assert (await browser.post(f"/admin/provider-keys/{row['id']}/remove"))[0] == 404
+
+
+@pytest.mark.parametrize("page", ["/admin/alerts", "/admin/catalog", "/admin/system"])
+async def test_operator_read_only_pages(pg, redis, settings, browser: Browser, page):
+    admin = await make_user(pg, admin=True)
+    await browser.login(admin)
+    if page == "/admin/alerts":
+        await pg.execute(
+            "INSERT INTO alerts (rule, subject, day, message) VALUES"
+            " ('user_low_balance', 'user:dash-test', current_date, 'balance below 1 USD')"
+        )
+    if page == "/admin/system":
+        await add_usage(pg, admin.id, estimated=True)
+    status, text, _ = await browser.get(page)
+    assert status == 200
+    if page == "/admin/alerts":
+        assert "user_low_balance" in text and "balance below 1 USD" in text
+    elif page == "/admin/catalog":
+        assert "gpt-4o" in text and "claude-sonnet-4-5" in text
+    else:
+        depth, _ = await queue_stats(State(settings, pg, redis, *[None] * 4))  # type: ignore[arg-type]
+        estimated = await pg.fetchval(
+            "SELECT count(*) FROM usage_records WHERE estimated AND created_at >= $1",
+            start_of_utc_day(),
+        )
+        assert "Queue depth" in text and f"<dd>{depth}</dd>" in text
+        assert f"Estimated usage records today</dt><dd>{estimated}</dd>" in text
+
+
+async def test_queue_stats_reads_the_usage_stream_and_the_legacy_queue():
+    from types import SimpleNamespace
+
+    import fakeredis
+
+    fake = fakeredis.FakeAsyncRedis()
+    st = SimpleNamespace(redis=fake, settings=SimpleNamespace(queue_name="legacy:queue"))
+    assert await queue_stats(st) == (0, None)  # type: ignore[arg-type]
+    await fake.zadd("legacy:queue", {"a": 1_700_000_000_000, "b": 1_700_000_001_000})
+    stream = getattr(redis_keys, "USAGE_STREAM", None)
+    if stream:
+        await fake.xadd(stream, {"e": "{}"}, id="1690000000000-0")
+    depth, oldest = await queue_stats(st)  # type: ignore[arg-type]
+    assert depth == (3 if stream else 2)
+    assert oldest is not None
+    assert int(oldest.timestamp() * 1000) == (1_690_000_000_000 if stream else 1_700_000_000_000)
+    await fake.aclose()

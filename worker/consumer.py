@@ -1,0 +1,104 @@
+"""Reads the usage stream in batches and settles them; one per worker process.
+
+Entries are read through the consumer group `settlers`: each entry goes to one
+worker, and is acknowledged (and deleted) only after its batch is committed in
+Postgres. A worker that dies leaves its entries pending; any live worker
+claims entries idle for longer than `settle_claim_idle_seconds` and settles
+them. A batch that fails (Postgres down) is retried with backoff; an event
+that cannot be priced is set aside (left pending, logged) without blocking the
+others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shared.events import UsageEvent
+from shared.redis_keys import USAGE_STREAM
+from shared.usage_queue import GROUP
+from worker.settle import SettleDeps, UnpricedModel, settle_batch
+
+log = structlog.get_logger("meterway.consumer")
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class UsageConsumer:
+    def __init__(self, deps: SettleDeps, redis: Redis) -> None:
+        self.deps = deps
+        self.redis = redis
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = deps.settings.settle_batch_size
+        self.claim_idle_ms = int(deps.settings.settle_claim_idle_seconds * 1000)
+        self.settled = 0
+
+    async def run(self) -> None:
+        await self._ensure_group()
+        backoff = 0.1
+        while True:
+            try:
+                entries = await self._claim_stale() or await self._read_new()
+                if entries:
+                    await self._settle(entries)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Postgres or Redis away: wait and go on
+                if "NOGROUP" in str(exc):  # Redis was flushed or restarted empty
+                    with contextlib.suppress(Exception):
+                        await self._ensure_group()
+                    continue
+                log.warning("settle_batch_failed", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(USAGE_STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _claim_stale(self) -> list[Entry]:
+        """Entries another (dead) worker, or this one after a failure, left pending."""
+        _, entries, *_ = await self.redis.xautoclaim(
+            USAGE_STREAM, GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        return [e for e in entries if e[1]]
+
+    async def _read_new(self) -> list[Entry]:
+        answer = await self.redis.xreadgroup(
+            GROUP, self.name, {USAGE_STREAM: ">"}, count=self.batch, block=1000
+        )
+        return answer[0][1] if answer else []
+
+    async def _settle(self, entries: list[Entry]) -> None:
+        events = {entry_id: UsageEvent.from_json(fields[b"e"]) for entry_id, fields in entries}
+        try:
+            await settle_batch(self.deps, list(events.values()))
+            done = list(events)
+        except (UnpricedModel, LookupError):
+            done = await self._settle_one_by_one(events)
+        if done:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(USAGE_STREAM, GROUP, *done)
+            pipe.xdel(USAGE_STREAM, *done)
+            await pipe.execute()
+            self.settled += len(done)
+
+    async def _settle_one_by_one(self, events: dict[bytes, UsageEvent]) -> list[bytes]:
+        done = []
+        for entry_id, event in events.items():
+            try:
+                await settle_batch(self.deps, [event])
+                done.append(entry_id)
+            except (UnpricedModel, LookupError) as exc:
+                log.error("usage_event_set_aside", request_id=event.request_id, error=str(exc))
+        return done
