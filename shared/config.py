@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     settle_job_timeout: int = 20
     settle_batch_size: int = Field(default=500, ge=1)
     settle_claim_idle_seconds: float = Field(default=30.0, gt=0)
+    settle_lanes: int = Field(default=2, ge=1, le=16)
 
     @field_validator("meterway_secret_key")
     @classmethod

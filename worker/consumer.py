@@ -31,10 +31,10 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 class UsageConsumer:
-    def __init__(self, deps: SettleDeps, redis: Redis) -> None:
+    def __init__(self, deps: SettleDeps, redis: Redis, lane: int = 0) -> None:
         self.deps = deps
         self.redis = redis
-        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{lane}"
         self.batch = deps.settings.settle_batch_size
         self.claim_idle_ms = int(deps.settings.settle_claim_idle_seconds * 1000)
         self.settled = 0

@@ -57,11 +57,14 @@ def worker_options(settings: Settings) -> dict:
             redis=redis,
             settings=settings,
         )
-        ctx["consumer"] = asyncio.create_task(UsageConsumer(deps, redis).run())
+        # two lanes: one batch's Postgres work overlaps the next batch's Python work
+        ctx["consumers"] = [
+            asyncio.create_task(UsageConsumer(deps, redis, lane).run())
+            for lane in range(settings.settle_lanes)
+        ]
 
     async def shutdown(ctx: dict) -> None:
-        consumer: asyncio.Task | None = ctx.get("consumer")
-        if consumer is not None:
+        for consumer in ctx.get("consumers", []):
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
