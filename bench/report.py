@@ -378,6 +378,10 @@ def _memory_section(results: dict) -> list[str]:
                     "proxy CPU while holding them (1 chunk/s each)",
                     f"{mem['proxy_cpu_pct_open']:.0f} %",
                 ],
+                [
+                    "proxy CPU per relayed chunk while holding them",
+                    _f(mem.get("proxy_cpu_us_per_chunk"), ".0f") + " µs",
+                ],
                 ["proxy RSS after closing them", f"{mem['rss_after_close_bytes'] / MIB:,.0f} MiB"],
                 ["proxy peak RSS (VmHWM)", f"{mem['hwm_bytes'] / MIB:,.0f} MiB"],
             ],
@@ -470,7 +474,13 @@ def _profile_section(results: dict) -> list[str]:
         "",
         f"## Proxy profile (py-spy, non-streaming c=64, {prof['samples']:,} samples)",
         "",
-        "Self time by area (a socket call's time includes the kernel's loopback work):",
+        "py-spy samples the proxy's thread whenever it is runnable, so on a saturated machine"
+        " a share also counts time spent waiting for a core; a send() to a local peer (Redis,"
+        " the simulator, the client) includes the kernel's loopback work and often a switch"
+        " to that peer. With uvloop, the loop's C code (epoll, recv(), transport writes) is"
+        " charged to the Python function that called into it.",
+        "",
+        "Self time by area:",
         "",
         _table(["area", "share"], [[k, f"{v:.1f} %"] for k, v in prof["areas"]]),
         "",
@@ -499,10 +509,9 @@ _AREAS = (
     ("multidict/", "aiohttp other (http parser, streams, helpers)"),
     ("yarl/", "yarl (URLs)"),
     ("redis/", "redis-py"),
-    ("asyncio/", "asyncio event loop"),
-    ("selectors", "asyncio event loop"),
-    ("socket", "asyncio event loop"),
-    ("ssl", "asyncio event loop"),
+    ("asyncio/", "asyncio in Python (tasks, timeouts, streams, selector loop)"),
+    ("selectors", "asyncio in Python (tasks, timeouts, streams, selector loop)"),
+    ("socket", "asyncio in Python (tasks, timeouts, streams, selector loop)"),
     ("pydantic", "pydantic"),
     ("structlog/", "structlog"),
     ("contextvars", "structlog"),
@@ -537,10 +546,13 @@ def _area(frames: list[str]) -> str:
         return "recv()"
     if leaf.startswith("EpollSelector.select "):
         return "epoll wait"
+    if func in _LOOP_ENTRIES:  # uvloop: its C loop (epoll, recv(), callbacks) shows as the caller
+        return "event loop core (uvloop, C: epoll, recv(), callbacks)"
     path = _frame_file(leaf)
     return next((label for prefix, label in _AREAS if prefix in path), "other")
 
 
+_LOOP_ENTRIES = ("run_app", "run_forever", "run_until_complete", "BaseEventLoop.run_forever")
 _WRITERS = ("asyncio/selector_events.py", "asyncio/streams.py", "aiohttp/http_writer.py")
 _ENTRY_POINTS = ("run (proxy/app.py)", "main (meterway/cli.py)", "_dispatch (meterway/cli.py)")
 

@@ -411,6 +411,8 @@ class Bench:
             "proxy_fds_idle": fds_idle,
             "proxy_fds_open": fds_open,
             "proxy_cpu_pct_open": cpu_pct,
+            # each open stream gets one chunk a second (x-sim-delay-ms: 1000)
+            "proxy_cpu_us_per_chunk": cpu_pct / 100 / opened * 1e6 if opened else None,
             "nofile_limit": nofile,
             "errors": dict(held.errors),
             "note": note,
