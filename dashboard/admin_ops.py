@@ -157,26 +157,15 @@ def _age(then: datetime | None) -> str:
 
 
 async def queue_stats(st: State) -> tuple[int, datetime | None]:
-    """Unsettled usage events and when the oldest was queued.
-
-    Reads the usage stream (entries are deleted once settled; ids start with
-    their epoch milliseconds) and, where configured, the older arq queue (a
-    sorted set scored by enqueue time in milliseconds)."""
-    depth, oldest_ms = 0, None
-    stream = getattr(redis_keys, "USAGE_STREAM", None)
-    if stream and await st.redis.exists(stream):
-        depth += await st.redis.xlen(stream)
-        first = await st.redis.xrange(stream, count=1)
-        if first:
-            oldest_ms = int(first[0][0].split(b"-")[0])
-    queue = getattr(st.settings, "queue_name", None)
-    if queue and await st.redis.type(queue) == b"zset":
-        depth += await st.redis.zcard(queue)
-        first = await st.redis.zrange(queue, 0, 0, withscores=True)
-        if first and (oldest_ms is None or first[0][1] < oldest_ms):
-            oldest_ms = int(first[0][1])
-    oldest = datetime.fromtimestamp(oldest_ms / 1000, UTC) if oldest_ms is not None else None
-    return depth, oldest
+    """Unsettled usage events and when the oldest was queued: stream entries are
+    deleted once settled, and their ids start with their epoch milliseconds."""
+    stream = redis_keys.USAGE_STREAM
+    depth = await st.redis.xlen(stream)
+    first = await st.redis.xrange(stream, count=1)
+    if not first:
+        return depth, None
+    oldest_ms = int(first[0][0].split(b"-")[0])
+    return depth, datetime.fromtimestamp(oldest_ms / 1000, UTC)
 
 
 @admin_required

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dashboard.sessions import Invites, SessionStore, Throttle
 from shared.balance_view import BalanceView
 from shared.config import Settings
 from shared.db.pool import create_pool
+from shared.keys import derive_key
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +59,14 @@ def _routes(app: web.Application) -> None:
     r.add_static("/static/", HERE / "static")
 
 
+def cookie_key(settings: Settings) -> bytes:
+    """Session cookies are signed with a key derived from METERWAY_SECRET_KEY;
+    without one, a random key (sessions end when the dashboard restarts)."""
+    if settings.meterway_secret_key:
+        return derive_key(settings.meterway_secret_key, "meterway dashboard sessions v1")
+    return secrets.token_bytes(32)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[headers_middleware, session_middleware],
                           client_max_size=1024 * 1024)  # fmt: skip
@@ -71,7 +81,7 @@ def create_app(settings: Settings) -> web.Application:
         redis = Redis.from_url(settings.redis_url)
         app[STATE] = State(
             settings, pg, redis, SessionStore(redis), Throttle(redis), Invites(redis),
-            BalanceView(redis),
+            BalanceView(redis), cookie_key(settings),
         )  # fmt: skip
         yield
         await redis.aclose()

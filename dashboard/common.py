@@ -16,7 +16,16 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from dashboard.sessions import COOKIE, SESSION_TTL, Invites, Session, SessionStore, Throttle
+from dashboard.sessions import (
+    COOKIE,
+    SESSION_TTL,
+    Invites,
+    Session,
+    SessionStore,
+    Throttle,
+    sign,
+    unsign,
+)
 from shared import invalidation
 from shared.balance_view import BalanceView
 from shared.config import Settings
@@ -36,6 +45,7 @@ class State:
     throttle: Throttle
     invites: Invites
     view: BalanceView
+    cookie_key: bytes
 
     async def notify(self, *messages: str) -> None:
         """Tell running proxies to drop cached state, as the CLI does."""
@@ -60,9 +70,14 @@ def is_https(request: web.Request) -> bool:
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, s: Session) -> None:
     response.set_cookie(
-        COOKIE, s.token, httponly=True, samesite="Lax", secure=is_https(request), path="/",
+        COOKIE,
+        sign(s.token, state(request).cookie_key),
+        httponly=True,
+        samesite="Lax",
+        secure=is_https(request),
+        path="/",
         max_age=SESSION_TTL if s.user_id is not None else None,
-    )  # fmt: skip
+    )
 
 
 @web.middleware
@@ -71,7 +86,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     if request.path.startswith("/static/"):
         return await handler(request)
     st = state(request)
-    session = await st.sessions.load(request.cookies.get(COOKIE, ""))
+    session = await st.sessions.load(unsign(request.cookies.get(COOKIE, ""), st.cookie_key))
     fresh = session is None
     if session is None:
         session = await st.sessions.create(None)

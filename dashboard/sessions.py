@@ -8,12 +8,13 @@ the CSRF token of the sign-in form); signing in replaces it with a new one.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared.redis_keys import PREFIX
+from shared import redis_keys
 
 COOKIE = "mw_session"
 SESSION_TTL = 12 * 3600
@@ -23,16 +24,30 @@ THROTTLE_WINDOW = 15 * 60
 INVITE_TTL = 72 * 3600
 
 
+def sign(token: str, key: bytes) -> str:
+    """The cookie value: the token and an HMAC of it with a key derived from
+    METERWAY_SECRET_KEY, so a cookie made up elsewhere is refused unread."""
+    mac = hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{token}.{mac}"
+
+
+def unsign(value: str, key: bytes) -> str:
+    """The token of a signed cookie value, or '' when the signature is wrong."""
+    token, _, mac = value.rpartition(".")
+    expected = hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:32]
+    return token if token and hmac.compare_digest(mac, expected) else ""
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _session_key(token: str) -> str:
-    return f"{PREFIX}:dash:sess:{_digest(token)}"
+    return redis_keys.dashboard_session(_digest(token))
 
 
 def _user_sessions_key(user_id: int) -> str:
-    return f"{PREFIX}:dash:usess:{user_id}"
+    return redis_keys.dashboard_user_sessions(user_id)
 
 
 @dataclass(slots=True)
@@ -86,7 +101,7 @@ class SessionStore:
     async def delete_all_for_user(self, user_id: int) -> None:
         """Sign a user out everywhere (password changed, account disabled)."""
         digests = await self.redis.smembers(_user_sessions_key(user_id))
-        keys = [f"{PREFIX}:dash:sess:{d.decode()}" for d in digests]
+        keys = [redis_keys.dashboard_session(d.decode()) for d in digests]
         await self.redis.delete(_user_sessions_key(user_id), *keys)
 
     async def set_flash(self, session: Session, message: str) -> None:
@@ -108,7 +123,7 @@ class Throttle:
 
     @staticmethod
     def _key(email: str, ip: str) -> str:
-        return f"{PREFIX}:dash:fail:{_digest(email.strip().lower() + '|' + ip)}"
+        return redis_keys.dashboard_failures(_digest(email.strip().lower() + "|" + ip))
 
     async def blocked(self, email: str, ip: str) -> bool:
         count = await self.redis.get(self._key(email, ip))
@@ -131,7 +146,7 @@ class Invites:
 
     @staticmethod
     def _key(token: str) -> str:
-        return f"{PREFIX}:dash:invite:{_digest(token)}"
+        return redis_keys.dashboard_invite(_digest(token))
 
     async def create(self, user_id: int) -> str:
         token = secrets.token_urlsafe(32)

@@ -13,8 +13,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from redis.asyncio import Redis
 
+from shared import redis_keys
 from shared.events import UsageEvent
-from shared.redis_keys import PREFIX
 
 PICO = Decimal("1e-12")
 KEEP_SECONDS = 8 * 24 * 3600
@@ -26,7 +26,7 @@ def today() -> date:
 
 def counter_key(kind: str, name: str | int, day: date | None = None) -> str:
     """`kind` is user, provider, model or key."""
-    return f"{PREFIX}:day:{(day or today()).isoformat()}:{kind}:{name}"
+    return redis_keys.daily_counter((day or today()).isoformat(), kind, name)
 
 
 def to_pico(amount: Decimal) -> int:

@@ -56,3 +56,34 @@ def user_id_of(key: str | bytes) -> int:
     """The user id inside a per-user key name."""
     text = key.decode() if isinstance(key, bytes) else key
     return int(text.split("{u:", 1)[1].split("}", 1)[0])
+
+
+def daily_counter(day_iso: str, kind: str, name: str | int) -> str:
+    """Hash of one UTC day's `spend` (pico-USD) and `requests` for a user, provider,
+    model or key (`kind`); providers also keep `resumed_at_spend` and `pauses`."""
+    return f"{PREFIX}:day:{day_iso}:{kind}:{name}"
+
+
+def alert_gate(day_iso: str, rule: str, subject: str, occurrence: int) -> str:
+    """String set once (NX) when an alert fires: one alert per rule, subject and day."""
+    return f"{PREFIX}:alert:{day_iso}:{rule}:{subject}:{occurrence}"
+
+
+def dashboard_session(token_digest: str) -> str:
+    """Hash of one dashboard session (`csrf`, `uid`, `flash`), by the cookie's SHA-256."""
+    return f"{PREFIX}:dash:sess:{token_digest}"
+
+
+def dashboard_user_sessions(user_id: int) -> str:
+    """Set of the session digests of one user, to sign them all out."""
+    return f"{PREFIX}:dash:usess:{user_id}"
+
+
+def dashboard_failures(email_and_ip_digest: str) -> str:
+    """Counter of failed sign-ins for one email and address (throttling)."""
+    return f"{PREFIX}:dash:fail:{email_and_ip_digest}"
+
+
+def dashboard_invite(token_digest: str) -> str:
+    """One-time invite link: the user id it lets set a password."""
+    return f"{PREFIX}:dash:invite:{token_digest}"

@@ -271,3 +271,14 @@ async def test_invite_link_sets_a_password_once(pg, browser: Browser, other_brow
     email = await pg.fetchval("SELECT email FROM users WHERE id = $1", invitee)
     assert await other_browser.login(type(admin)(invitee, email, new)) == 303
     assert (await other_browser.get("/usage"))[0] == 200
+
+
+async def test_a_forged_session_cookie_is_refused(dashboard_url):
+    import aiohttp
+
+    # a random token that was never issued, with or without a made-up signature
+    for forged in ("A" * 43, "A" * 43 + "." + "0" * 32):
+        async with aiohttp.ClientSession(cookies={"mw_session": forged}) as http:
+            async with http.get(f"{dashboard_url}/keys", allow_redirects=False) as resp:
+                assert resp.status in (302, 303)
+                assert "/login" in resp.headers["Location"]

@@ -248,7 +248,7 @@ async def test_operator_read_only_pages(pg, redis, settings, browser: Browser, p
     elif page == "/admin/catalog":
         assert "gpt-4o" in text and "claude-sonnet-4-5" in text
     else:
-        depth, _ = await queue_stats(State(settings, pg, redis, *[None] * 4))  # type: ignore[arg-type]
+        depth, _ = await queue_stats(State(settings, pg, redis, *[None] * 5))  # type: ignore[arg-type]
         estimated = await pg.fetchval(
             "SELECT count(*) FROM usage_records WHERE estimated AND created_at >= $1",
             start_of_utc_day(),
@@ -257,20 +257,17 @@ async def test_operator_read_only_pages(pg, redis, settings, browser: Browser, p
         assert f"Estimated usage records today</dt><dd>{estimated}</dd>" in text
 
 
-async def test_queue_stats_reads_the_usage_stream_and_the_legacy_queue():
+async def test_queue_stats_reads_the_usage_stream():
     from types import SimpleNamespace
 
     import fakeredis
 
     fake = fakeredis.FakeAsyncRedis()
-    st = SimpleNamespace(redis=fake, settings=SimpleNamespace(queue_name="legacy:queue"))
+    st = SimpleNamespace(redis=fake)
     assert await queue_stats(st) == (0, None)  # type: ignore[arg-type]
-    await fake.zadd("legacy:queue", {"a": 1_700_000_000_000, "b": 1_700_000_001_000})
-    stream = getattr(redis_keys, "USAGE_STREAM", None)
-    if stream:
-        await fake.xadd(stream, {"e": "{}"}, id="1690000000000-0")
+    await fake.xadd(redis_keys.USAGE_STREAM, {"e": "{}"}, id="1690000000000-0")
+    await fake.xadd(redis_keys.USAGE_STREAM, {"e": "{}"}, id="1700000000000-0")
     depth, oldest = await queue_stats(st)  # type: ignore[arg-type]
-    assert depth == (3 if stream else 2)
-    assert oldest is not None
-    assert int(oldest.timestamp() * 1000) == (1_690_000_000_000 if stream else 1_700_000_000_000)
+    assert depth == 2
+    assert oldest is not None and int(oldest.timestamp() * 1000) == 1_690_000_000_000
     await fake.aclose()

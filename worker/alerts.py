@@ -17,12 +17,11 @@ from decimal import Decimal
 import structlog
 from redis.asyncio import Redis
 
-from shared import daily, invalidation
+from shared import daily, invalidation, redis_keys
 from shared.config import Settings
 from shared.db import alerts as db_alerts
 from shared.events import UsageEvent
 from shared.money import usd_str
-from shared.redis_keys import PREFIX
 
 log = structlog.get_logger("meterway.alerts")
 GATE_SECONDS = 2 * 24 * 3600
@@ -51,7 +50,7 @@ async def fire(
 ) -> bool:
     """Record an alert once per rule, subject and day; the mailer sends it."""
     day = daily.today()
-    gate = f"{PREFIX}:alert:{day.isoformat()}:{rule}:{subject}:{occurrence}"
+    gate = redis_keys.alert_gate(day.isoformat(), rule, subject, occurrence)
     if not await redis.set(gate, 1, nx=True, ex=GATE_SECONDS):
         return False
     if not await db_alerts.record(pg, rule, subject, day, message, recipients, occurrence):
