@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import orjson
@@ -28,8 +29,14 @@ log = structlog.get_logger("meterway.proxy")
 _ENQUEUE_ATTEMPTS = 3
 
 
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=]{512,}")
+
+
 def prompt_estimate(raw: bytes) -> int:
-    """A deliberately generous prompt size: one token per four bytes of JSON."""
+    """A deliberately generous prompt size: one token per four bytes of JSON,
+    not counting long base64 runs (images, PDFs), which providers price apart."""
+    if len(raw) > 16_384:
+        raw = _BASE64_RUN.sub(b"", raw)
     return len(raw) // 4 + 1
 
 

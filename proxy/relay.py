@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,6 +49,9 @@ _DROP_REQUEST_HEADERS = frozenset(
         "upgrade",
         "cookie",
         "accept-encoding",
+        # these scope a request to an OpenAI account: the provider key's, not the client's
+        "openai-organization",
+        "openai-project",
     }
 )
 _COOLDOWN_DEFAULT_SECONDS = 5.0
@@ -82,10 +86,14 @@ def upstream_headers(request: web.Request, key: UpstreamKey) -> dict[str, str]:
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float:
+    """Seconds to rest a rate-limited key: the provider's Retry-After, kept sane."""
     try:
-        return max(float(response.headers.get("retry-after", "")), 0.5)
+        seconds = float(response.headers.get("retry-after", ""))
     except ValueError:
         return _COOLDOWN_DEFAULT_SECONDS
+    if not math.isfinite(seconds):
+        return _COOLDOWN_DEFAULT_SECONDS
+    return min(max(seconds, 0.5), 3600.0)
 
 
 def _upstream_id(response: aiohttp.ClientResponse) -> str | None:
@@ -145,6 +153,12 @@ class Relay:
                 response = await self.gw.http.post(
                     self.url, data=self.prepared.body, headers=upstream_headers(self.request, key)
                 )
+            except aiohttp.ConnectionTimeoutError as exc:
+                if not retried and self._another_key(provider, tried):
+                    retried = True
+                    self._count_retry(provider, key, "connect_timeout")
+                    continue
+                raise ProxyError(504, "Upstream timed out") from exc
             except TimeoutError as exc:
                 raise ProxyError(504, "Upstream timed out") from exc
             except aiohttp.ClientError as exc:
@@ -221,7 +235,9 @@ class Relay:
     async def _whole(self, response: aiohttp.ClientResponse, key: UpstreamKey) -> RelayResult:
         try:
             body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise ProxyError(504, "Upstream timed out") from exc
+        except aiohttp.ClientError as exc:
             raise ProxyError(502, "Upstream connection broke") from exc
         finally:
             response.release()
@@ -253,9 +269,9 @@ class Relay:
         )
         answer.content_type = response.content_type or "text/event-stream"
         answer.headers["Cache-Control"] = "no-cache"
-        await answer.prepare(self.request)
         outcome = "completed"
         try:
+            await answer.prepare(self.request)
             async for chunk in response.content.iter_any():
                 out = scanner.feed(chunk)
                 if out:

@@ -7,16 +7,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Provider = Literal["openai", "anthropic"]
+log = structlog.get_logger("meterway.catalog")
 PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic")
 
 
 class ModelPrice(BaseModel):
     """One catalog entry. A missing cache price means the input price."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     provider: Provider
     input_per_mtok: Decimal = Field(ge=0)
@@ -76,6 +78,12 @@ def load_catalog(path: Path | str) -> Catalog:
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-        return Catalog.model_validate(raw)
+        catalog = Catalog.model_validate(raw)
     except (OSError, ValueError) as exc:
         raise ValueError(f"model catalog {path}: {exc}") from exc
+    known = set(ModelPrice.model_fields)
+    for name, entry in raw.get("models", {}).items():
+        unknown = sorted(set(entry) - known)
+        if unknown:  # a typo here would silently fall back to the input price
+            log.warning("catalog_unknown_fields", model=name, fields=unknown)
+    return catalog

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     alert_operator_emails: str = ""
 
     # Operational knobs beyond the contract (documented in the README).
-    hold_ttl_seconds: int = Field(default=900, ge=1)
+    hold_ttl_seconds: int = Field(default=3600, ge=1)
     client_disconnect_policy: Literal["abort", "finish"] = "abort"
     finish_timeout_seconds: float = Field(default=120.0, gt=0)
     upstream_connect_timeout: float = 10.0

@@ -11,6 +11,10 @@ PREFIX = "mw"
 INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"
 USAGE_STREAM = f"{PREFIX}:usage"
 """Stream of usage events from proxies to workers (consumer group `settlers`)."""
+USAGE_DEAD_LETTERS = f"{PREFIX}:usage:dead"
+"""Stream of usage events no worker could settle (unknown model or user), for the operator."""
+ARQ_QUEUE = f"{PREFIX}:arq"
+"""arq's queue for the worker's own periodic jobs."""
 
 
 def _user(user_id: int) -> str:

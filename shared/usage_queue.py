@@ -35,7 +35,8 @@ redis.call('ZADD', KEYS[4], ARGV[6], ARGV[2])
 if old == ARGV[5] then
   if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', ARGV[4]) end
 elseif old then
-  redis.call('HINCRBY', KEYS[2], 'held', tostring(tonumber(ARGV[3]) - tonumber(old)))
+  if old ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', '-' .. old) end
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', ARGV[3]) end
 elseif ARGV[3] ~= '0' then
   redis.call('HINCRBY', KEYS[2], 'held', ARGV[3])
 end

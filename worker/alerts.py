@@ -53,7 +53,12 @@ async def fire(
     gate = redis_keys.alert_gate(day.isoformat(), rule, subject, occurrence)
     if not await redis.set(gate, 1, nx=True, ex=GATE_SECONDS):
         return False
-    if not await db_alerts.record(pg, rule, subject, day, message, recipients, occurrence):
+    try:
+        recorded = await db_alerts.record(pg, rule, subject, day, message, recipients, occurrence)
+    except Exception:
+        await redis.delete(gate)  # let the next settlement try again
+        raise
+    if not recorded:
         return False
     log.warning("alert", rule=rule, subject=subject, alert_message=message)
     return True

@@ -5,14 +5,13 @@ worker, and is acknowledged (and deleted) only after its batch is committed in
 Postgres. A worker that dies leaves its entries pending; any live worker
 claims entries idle for longer than `settle_claim_idle_seconds` and settles
 them. A batch that fails (Postgres down) is retried with backoff; an event
-that cannot be priced is set aside (left pending, logged) without blocking the
-others.
+that cannot be read or priced is moved to the dead-letter stream `mw:usage:dead`
+(and logged) without blocking the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared.events import UsageEvent
-from shared.redis_keys import USAGE_STREAM
+from shared.redis_keys import USAGE_DEAD_LETTERS, USAGE_STREAM
 from shared.usage_queue import GROUP
 from worker.settle import SettleDeps, UnpricedModel, settle_batch
 
@@ -40,10 +39,13 @@ class UsageConsumer:
         self.settled = 0
 
     async def run(self) -> None:
-        await self._ensure_group()
         backoff = 0.1
+        ready = False
         while True:
             try:
+                if not ready:
+                    await self._ensure_group()
+                    ready = True
                 entries = await self._claim_stale() or await self._read_new()
                 if entries:
                     await self._settle(entries)
@@ -52,8 +54,7 @@ class UsageConsumer:
                 raise
             except Exception as exc:  # Postgres or Redis away: wait and go on
                 if "NOGROUP" in str(exc):  # Redis was flushed or restarted empty
-                    with contextlib.suppress(Exception):
-                        await self._ensure_group()
+                    ready = False
                     continue
                 log.warning("settle_batch_failed", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -80,12 +81,19 @@ class UsageConsumer:
         return answer[0][1] if answer else []
 
     async def _settle(self, entries: list[Entry]) -> None:
-        events = {entry_id: UsageEvent.from_json(fields[b"e"]) for entry_id, fields in entries}
+        events: dict[bytes, UsageEvent] = {}
+        done: list[bytes] = []
+        for entry_id, fields in entries:
+            try:
+                events[entry_id] = UsageEvent.from_json(fields[b"e"])
+            except (KeyError, ValueError) as exc:
+                await self._dead_letter(entry_id, fields, f"unreadable event: {exc}")
+                done.append(entry_id)
         try:
             await settle_batch(self.deps, list(events.values()))
-            done = list(events)
+            done += list(events)
         except (UnpricedModel, LookupError):
-            done = await self._settle_one_by_one(events)
+            done += await self._settle_one_by_one(events)
         if done:
             pipe = self.redis.pipeline(transaction=False)
             pipe.xack(USAGE_STREAM, GROUP, *done)
@@ -100,5 +108,12 @@ class UsageConsumer:
                 await settle_batch(self.deps, [event])
                 done.append(entry_id)
             except (UnpricedModel, LookupError) as exc:
-                log.error("usage_event_set_aside", request_id=event.request_id, error=str(exc))
+                await self._dead_letter(entry_id, {b"e": event.to_json().encode()}, str(exc))
+                done.append(entry_id)
         return done
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict, reason: str) -> None:
+        """Keep an event that cannot be settled for the operator, out of the way of
+        the others: `mw:usage:dead` in Redis, and an error in the log."""
+        await self.redis.xadd(USAGE_DEAD_LETTERS, {**fields, b"reason": reason.encode()})
+        log.error("usage_event_dead_lettered", entry=entry_id.decode(), reason=reason)

@@ -15,6 +15,7 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import redis_keys
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
@@ -42,7 +43,6 @@ async def mail_alerts(ctx: dict) -> int:
 
 
 EVERY_5_SECONDS = set(range(0, 60, 5))
-ARQ_QUEUE = "mw:arq"  # the worker's own periodic jobs; usage events use the stream
 
 
 def worker_options(settings: Settings) -> dict:
@@ -82,7 +82,7 @@ def worker_options(settings: Settings) -> dict:
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "queue_name": ARQ_QUEUE,
+        "queue_name": redis_keys.ARQ_QUEUE,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "keep_result": 60,
         "poll_delay": 0.5,

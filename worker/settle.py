@@ -62,6 +62,8 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
     """Settle events; an event of an unpriced model or unknown user raises before
     anything is written, so the caller can set it aside and settle the rest."""
     events = _unique(events)
+    if not events:
+        return []
     for event in events:
         if deps.catalog.get(event.model) is None:
             raise UnpricedModel(f"no price for model {event.model!r} ({event.request_id})")

@@ -99,7 +99,7 @@ async def set_thresholds(ctx: Context, provider: str, warn: str | None, stop: st
 async def provider_list(ctx: Context, as_json: bool) -> None:
     spend = dict(
         await ctx.pg.fetch(
-            "SELECT provider, SUM(cost_usd) FROM usage_records WHERE settled_at >= $1"
+            "SELECT provider, SUM(cost_usd) FROM usage_records WHERE created_at >= $1"
             " GROUP BY provider",
             start_of_utc_day(),
         )

@@ -67,7 +67,7 @@ def start_of_utc_day(now: datetime | None = None) -> datetime:
 async def spend_since(conn: Conn, user_id: int, since: datetime) -> Decimal:
     value = await conn.fetchval(
         "SELECT COALESCE(SUM(cost_usd), 0) FROM usage_records"
-        " WHERE user_id = $1 AND settled_at >= $2",
+        " WHERE user_id = $1 AND created_at >= $2",
         user_id,
         since,
     )
