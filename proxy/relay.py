@@ -220,6 +220,12 @@ class Relay:
             "provider_key_disabled", provider=key.provider, key_prefix=key.prefix, status=status
         )
         reason = f"upstream answered {status}"
+        try:
+            await self._record_disabled(key, reason)
+        except Exception as exc:  # this proxy stops using it anyway; the next request retries
+            log.error("provider_key_disable_not_recorded", key_prefix=key.prefix, error=str(exc))
+
+    async def _record_disabled(self, key: UpstreamKey, reason: str) -> None:
         await db_providers.set_key_status(self.gw.pg, key.id, "disabled", reason)
         await invalidation.publish(self.gw.redis, invalidation.PROVIDERS_MESSAGE)
         await db_alerts.record(
