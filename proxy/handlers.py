@@ -171,6 +171,7 @@ async def _serve(
         usage=usage,
         estimated=estimated,
         hold_units=hold_units,
+        rate_multiplier=owner.rate_multiplier,
         outcome=result.outcome,
         upstream_request_id=result.upstream_request_id,
     )

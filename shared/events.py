@@ -7,6 +7,7 @@ in the event at all: the worker prices it from the catalog.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +51,9 @@ class UsageEvent(BaseModel):
     usage: TokenUsage
     estimated: bool = False
     hold_units: int = 0
+    # the caller's rate multiplier when the request was made (what its hold used);
+    # None: the worker takes the user's current one
+    rate_multiplier: Decimal | None = None
     outcome: str = "completed"
     upstream_request_id: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -348,3 +348,22 @@ async def test_overrun_is_bounded_and_then_refused(stack, books, pg, private_red
             model="claude-haiku-4-5", max_tokens=10, messages=HELLO
         )
     await assert_books_close(pg, redis, stack, acct.user_id, Decimal("0.01"))
+
+
+async def test_rate_multiplier_of_the_request_time_is_billed(stack, books, pg, private_redis):
+    _, redis = private_redis
+    _, url = await stack.proxy()
+    acct = await books.create("5", rate_multiplier="2")
+    client = anthropic_client(url, acct.key, **{"x-sim-input-tokens": "1000", "x-sim-chunks": "1"})
+    raw = await client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=10, messages=HELLO
+    )
+    # the operator changes the rate before the (late) worker settles the request
+    await pg.execute("UPDATE users SET rate_multiplier = 3 WHERE id = $1", acct.user_id)
+    await stack.worker()
+    await wait_settled(pg, [raw.headers["x-request-id"]], timeout=20)
+    cost = await pg.fetchval(
+        "SELECT cost_usd FROM usage_records WHERE request_id = $1", raw.headers["x-request-id"]
+    )
+    assert cost == Decimal("0.00201")  # (1000 x 1 + 1 x 5) / 1e6 x 2, the rate at request time
+    await assert_books_close(pg, redis, stack, acct.user_id, Decimal(5))

@@ -74,7 +74,11 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
             raise LookupError(f"no users {sorted(missing)}")
         costs = {
             e.request_id: cost_usd(
-                e.usage, deps.catalog.models[e.model], users[e.user_id]["rate_multiplier"]
+                e.usage,
+                deps.catalog.models[e.model],
+                e.rate_multiplier
+                if e.rate_multiplier is not None
+                else users[e.user_id]["rate_multiplier"],
             )
             for e in events
         }
