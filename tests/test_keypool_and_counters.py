@@ -101,3 +101,40 @@ async def test_daily_counters_are_exact(proxy_url, accounts, pg, redis):
         async with http.get(f"{proxy_url}/v1/account") as resp:
             account = await resp.json()
     assert Decimal(account["spend_today_usd"]) == spent
+
+
+async def test_a_redelivered_event_is_counted_once(proxy_url, accounts, pg, redis, settings):
+    """A worker that died between its commit and its count: the redelivery counts
+    the record (once), and any further delivery counts nothing."""
+    from shared.balance_view import BalanceView
+    from shared.catalog import load_catalog
+    from shared.events import TokenUsage, UsageEvent
+    from worker.settle import SettleDeps, settle_event
+
+    acct = await accounts.create("5")
+    deps = SettleDeps(pg, load_catalog(settings.model_catalog), BalanceView(redis), redis, settings)
+    event = UsageEvent(
+        request_id="req_count_once_" + str(acct.user_id),
+        user_id=acct.user_id,
+        api_key_id=acct.api_key_id,
+        provider="openai",
+        model="gpt-4o",
+        endpoint="chat/completions",
+        stream=False,
+        usage=TokenUsage(uncached_input_tokens=1000, output_tokens=100),
+    )
+    await settle_event(deps, event)
+    assert await daily.requests(redis, "user", acct.user_id) == 1
+    # as if the worker had died right after its commit, before counting
+    await pg.execute(
+        "UPDATE usage_records SET counted = false WHERE request_id = $1", event.request_id
+    )
+    await redis.delete(daily.counter_key("user", acct.user_id))
+    await settle_event(deps, event)
+    await settle_event(deps, event)
+    assert await daily.requests(redis, "user", acct.user_id) == 1
+    assert await daily.spend(redis, "user", acct.user_id) == Decimal("0.0035")  # 2.5 + 1.0 per 1k
+    assert (
+        await pg.fetchval("SELECT count(*) FROM ledger WHERE request_id = $1", event.request_id)
+        == 1
+    )

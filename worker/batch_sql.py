@@ -116,3 +116,13 @@ async def charge(
         list(last_used.values()),
     )
     return balances
+
+
+async def claim_counting(pg: asyncpg.Pool, request_ids: list[str]) -> dict[str, Decimal]:
+    """Mark records as counted; returns those not counted before, with their cost."""
+    rows = await pg.fetch(
+        "UPDATE usage_records SET counted = true"
+        " WHERE request_id = ANY($1::text[]) AND NOT counted RETURNING request_id, cost_usd",
+        request_ids,
+    )
+    return {row["request_id"]: row["cost_usd"] for row in rows}

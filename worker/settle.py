@@ -92,8 +92,7 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
         for e in events
     ]
     await _publish(deps, events, balances)
-    if charged:
-        await _count_and_alert(deps, charged, costs, users, balances)
+    await _count_and_alert(deps, events, users, balances)
     log.info("settled", events=len(events), charged=len(charged))
     return settlements
 
@@ -118,7 +117,16 @@ async def _publish(
     await pipe.execute()
 
 
-async def _count_and_alert(deps, charged, costs, users, balances) -> None:
+async def _count_and_alert(deps, events, users, balances) -> None:
+    """Daily counters and alerts, once per record: a batch retried after a crash
+    between its commit and this point counts what the first try did not."""
+    try:
+        uncounted = await batch_sql.claim_counting(deps.pg, [e.request_id for e in events])
+    except Exception:
+        log.exception("counting_claim_failed")
+        return
+    if not uncounted:
+        return
     payers = {
         user_id: Payer(
             user_id,
@@ -134,7 +142,7 @@ async def _count_and_alert(deps, charged, costs, users, balances) -> None:
             deps.pg,
             deps.redis,
             deps.settings,
-            [(e, costs[e.request_id]) for e in charged],
+            [(e, uncounted[e.request_id]) for e in events if e.request_id in uncounted],
             payers,
         )
     except Exception:  # counters and alerts must never undo a settlement
