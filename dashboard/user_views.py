@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import secrets
 from datetime import date
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from dashboard.common import (
     state,
     take_flash,
 )
-from shared import daily, invalidation
+from shared import daily, invalidation, redis_keys
 from shared.db import api_keys, users
 from shared.db import dashboard as q
 from shared.db import usage as db_usage
@@ -45,7 +46,8 @@ async def _keys_page(request: web.Request, new_key: str | None = None, error: st
     keys = await api_keys.list_for_user(state(request).pg, user.id)
     keys.sort(key=lambda k: (k.revoked_at is not None, -k.id))
     return render(request, "keys.html", {"title": "API keys", "keys": keys, "new_key": new_key,
-                  "error": error, "flash": await take_flash(request)}, status=status)  # fmt: skip
+                  "error": error, "flash": await take_flash(request),
+                  "once": secrets.token_urlsafe(16)}, status=status)  # fmt: skip
 
 
 @login_required
@@ -61,6 +63,11 @@ async def key_create(request: web.Request) -> web.StreamResponse:
     if not name or len(name) > 80:
         return await _keys_page(request, error="Give the key a name (at most 80 characters).",
                                 status=400)  # fmt: skip
+    once = str(form.get("once", ""))
+    if once and not await state(request).redis.set(
+        redis_keys.dashboard_form_once(once), 1, nx=True, ex=24 * 3600
+    ):  # the same form sent again (a reload): no second key
+        return await _keys_page(request, error="That key was already created and shown once.")
     secret = new_proxy_key()
     await api_keys.create(
         state(request).pg, user.id, hash_proxy_key(secret), visible_prefix(secret), name=name

@@ -91,3 +91,8 @@ def dashboard_failures(email_and_ip_digest: str) -> str:
 def dashboard_invite(token_digest: str) -> str:
     """One-time invite link: the user id it lets set a password."""
     return f"{PREFIX}:dash:invite:{token_digest}"
+
+
+def dashboard_form_once(nonce: str) -> str:
+    """Set once per submitted key-creation form, so a reload creates no second key."""
+    return f"{PREFIX}:dash:once:{nonce}"

@@ -282,3 +282,15 @@ async def test_a_forged_session_cookie_is_refused(dashboard_url):
             async with http.get(f"{dashboard_url}/keys", allow_redirects=False) as resp:
                 assert resp.status in (302, 303)
                 assert "/login" in resp.headers["Location"]
+
+
+async def test_reloading_the_key_creation_makes_no_second_key(pg, browser: Browser):
+    user = await make_user(pg)
+    await browser.login(user)
+    _, page, _ = await browser.get("/keys")
+    once = page.split('name="once" value="', 1)[1].split('"', 1)[0]
+    status, text, _ = await browser.post("/keys", {"name": "laptop", "once": once})
+    assert status == 200 and '<code id="new-key">' in text
+    status, text, _ = await browser.post("/keys", {"name": "laptop", "once": once})  # a reload
+    assert "already created" in text and '<code id="new-key">' not in text
+    assert await pg.fetchval("SELECT count(*) FROM api_keys WHERE user_id = $1", user.id) == 1
