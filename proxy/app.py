@@ -27,6 +27,7 @@ from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.keys import SecretBox
+from shared.script_runner import ScriptRunner
 from shared.usage_queue import UsageQueue
 
 
@@ -72,6 +73,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
     listener_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    runner = ScriptRunner(settings.redis_url)  # the two scripts of every request
     pg = await create_pool(settings.database_url, min_size=1, max_size=8)
     timeout = aiohttp.ClientTimeout(
         total=None,
@@ -88,9 +90,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         pg=pg,
         http=http,
         keys=KeyCache(pg),
-        holds=Holds(BalanceView(redis), pg, settings.hold_ttl_seconds),
+        holds=Holds(BalanceView(redis, runner), pg, settings.hold_ttl_seconds),
         pool=KeyPool(box),
-        queue=UsageQueue(redis),
+        queue=UsageQueue(redis, runner),
         metrics=Metrics(),
     )
     await gw.pool.load(pg)
@@ -109,6 +111,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await pg.close()
     await redis.aclose()
     await listener_redis.aclose()
+    await runner.close()
 
 
 def run(settings: Settings, host: str, port: int) -> None:

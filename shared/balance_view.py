@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from shared import redis_keys
 from shared.money import units_floor
+from shared.script_runner import LuaScript, ScriptRunner
 
 # KEYS: bal, holds, holdexp, rate window. ARGV: request id, units, ttl ms, rpm, tpm.
 # Returns {status, available}: 1 placed, 0 does not fit, -1 no balance view,
@@ -116,7 +117,10 @@ class RateLimit:
 class BalanceView:
     """Registers the scripts once per client; each call is one EVALSHA."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, runner: ScriptRunner | None = None) -> None:
+        """`runner`: run the hold on a pipelined connection (the proxy's hot path)."""
+        self._runner = runner
+        self._hold_script = LuaScript(_HOLD)
         self._hold = redis.register_script(_HOLD)
         self._release = redis.register_script(_RELEASE)
         self._publish = redis.register_script(_PUBLISH)
@@ -134,10 +138,12 @@ class BalanceView:
         window = limit.window_key if limit else redis_keys.balance(user_id)
         rpm = str(limit.rpm or 0) if limit else "0"
         tpm = str(limit.tpm or 0) if limit else "0"
-        status, available = await self._hold(
-            keys=[*redis_keys.user_keys(user_id), window],
-            args=[request_id, str(units), str(ttl_ms), rpm, tpm],
-        )
+        keys = [*redis_keys.user_keys(user_id), window]
+        args = [request_id, str(units), str(ttl_ms), rpm, tpm]
+        if self._runner is not None:
+            status, available = await self._runner.run(self._hold_script, keys, args)
+        else:
+            status, available = await self._hold(keys=keys, args=args)
         limited = {-2: "requests", -3: "tokens"}.get(status)
         return HoldResult(status == 1, status == -1, int(available), limited)
 

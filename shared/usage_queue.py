@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import redis_keys
 from shared.events import UsageEvent
+from shared.script_runner import LuaScript, ScriptRunner
 
 # A pending charge waits this long for its settlement before the reaper frees it.
 KEEP_UNSETTLED = timedelta(days=30)
@@ -49,8 +50,11 @@ return 1
 
 
 class UsageQueue:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, runner: ScriptRunner | None = None) -> None:
+        """`runner`: run the script on a pipelined connection (the proxy's hot path)."""
         self._script = redis.register_script(_ENQUEUE)
+        self._lua = LuaScript(_ENQUEUE)
+        self._runner = runner
 
     async def enqueue(
         self, event: UsageEvent, pending_units: int, rate_window: str | None = None
@@ -60,19 +64,21 @@ class UsageQueue:
         Appending an event twice is harmless: settlement is idempotent."""
         user = event.user_id
         tokens = event.usage.input_tokens + event.usage.output_tokens if rate_window else 0
-        await self._script(
-            keys=[
-                redis_keys.USAGE_STREAM,
-                *redis_keys.user_keys(user),
-                rate_window or redis_keys.balance(user),
-            ],
-            args=[
-                event.to_json(),
-                event.request_id,
-                str(pending_units),
-                str(pending_units - event.hold_units),
-                str(event.hold_units),
-                str(int(time.time() * 1000) + _KEEP_MS),
-                str(tokens),
-            ],
-        )
+        keys = [
+            redis_keys.USAGE_STREAM,
+            *redis_keys.user_keys(user),
+            rate_window or redis_keys.balance(user),
+        ]
+        args = [
+            event.to_json(),
+            event.request_id,
+            str(pending_units),
+            str(pending_units - event.hold_units),
+            str(event.hold_units),
+            str(int(time.time() * 1000) + _KEEP_MS),
+            str(tokens),
+        ]
+        if self._runner is not None:
+            await self._runner.run(self._lua, keys, args)
+        else:
+            await self._script(keys=keys, args=args)
