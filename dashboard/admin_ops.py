@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from dashboard.common import (
     FormError,
@@ -18,7 +19,7 @@ from dashboard.common import (
     state,
     take_flash,
 )
-from shared import daily, invalidation, redis_keys
+from shared import invalidation, provider_state, redis_keys
 from shared.catalog import PROVIDERS, load_catalog
 from shared.db import dashboard as q
 from shared.db import providers as db
@@ -47,13 +48,11 @@ async def provider_pause(request: web.Request) -> web.StreamResponse:
     st = state(request)
     name = _provider(request)
     paused = request.match_info["action"] == "pause"
-    await db.set_paused(st.pg, name, paused, "paused by operator" if paused else None)
     note = ""
-    if not paused:
-        try:
-            await daily.mark_resume(st.redis, name)
-        except Exception as exc:
-            note = f" (Redis did not take the resume point: {exc})"
+    try:
+        await provider_state.set_paused(st.pg, st.redis, name, paused)
+    except RedisError as exc:
+        note = f" (Redis did not take the resume point: {exc})"
     await st.notify(invalidation.PROVIDERS_MESSAGE)
     await flash_redirect(request, "/admin/providers",
                          f"{name} {'paused' if paused else 'active'}{note}.")  # fmt: skip
@@ -77,12 +76,10 @@ async def provider_thresholds(request: web.Request) -> web.StreamResponse:
 @admin_required
 async def provider_keys_page(request: web.Request) -> web.StreamResponse:
     st = state(request)
-    cooling: set[int] = set()
-    async for key in st.redis.scan_iter(match=redis_keys.COOLING_PATTERN):
-        cooling.add(int(key.rsplit(b":", 1)[1]))
+    cooling = await provider_state.cooling_key_ids(st.redis)
     rows = [
         {"id": k.id, "provider": k.provider, "name": k.name, "prefix": k.prefix,
-         "status": "cooling" if k.status == "active" and k.id in cooling else k.status,
+         "status": provider_state.key_status(k.status, k.id, cooling),
          "created_at": k.created_at}
         for k in await db.list_keys(st.pg)
     ]  # fmt: skip

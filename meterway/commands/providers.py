@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from redis.exceptions import RedisError
+
 from meterway.commands.accounts import parse_usd
 from meterway.context import CommandError, Context
-from shared import daily, invalidation, redis_keys
+from shared import invalidation, provider_state
 from shared.catalog import PROVIDERS
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
@@ -34,16 +36,14 @@ async def key_add(ctx: Context, provider: str, secret: str, name: str) -> None:
 async def key_list(ctx: Context, provider: str | None, as_json: bool) -> None:
     if provider is not None:
         check_provider(provider)
-    cooling = set()
-    async for key in ctx.redis.scan_iter(match=redis_keys.COOLING_PATTERN):
-        cooling.add(int(key.rsplit(b":", 1)[1]))
+    cooling = await provider_state.cooling_key_ids(ctx.redis)
     rows = [
         {
             "id": k.id,
             "provider": k.provider,
             "name": k.name,
             "prefix": k.prefix,
-            "status": "cooling" if k.status == "active" and k.id in cooling else k.status,
+            "status": provider_state.key_status(k.status, k.id, cooling),
             "created": k.created_at.isoformat(),
         }
         for k in await db.list_keys(ctx.pg, provider)
@@ -73,13 +73,12 @@ async def key_remove(ctx: Context, key_id: int) -> None:
 
 async def pause(ctx: Context, provider: str, paused: bool) -> None:
     check_provider(provider)
-    await db.set_paused(ctx.pg, provider, paused, "paused by operator" if paused else None)
-    if not paused:
-        try:
-            await daily.mark_resume(ctx.redis, provider)
-        except Exception as exc:
-            raise CommandError(f"resumed, but Redis did not take the resume point: {exc}") from exc
-    await ctx.notify(invalidation.PROVIDERS_MESSAGE)
+    try:
+        await provider_state.set_paused(ctx.pg, ctx.redis, provider, paused)
+    except RedisError as exc:
+        raise CommandError(f"resumed, but Redis did not take the resume point: {exc}") from exc
+    finally:
+        await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"{provider} {'paused' if paused else 'active'}")
 
 
