@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -22,6 +21,7 @@ from proxy.middleware import request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
 from proxy.state import GATEWAY, SETTINGS, Gateway
+from proxy.upstream import UpstreamClient
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
@@ -75,20 +75,17 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     listener_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     runner = ScriptRunner(settings.redis_url)  # the two scripts of every request
     pg = await create_pool(settings.database_url, min_size=1, max_size=8)
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=settings.upstream_connect_timeout,
-        sock_read=settings.upstream_read_timeout,
+    upstream = UpstreamClient(
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
     )
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    http = aiohttp.ClientSession(connector=connector, timeout=timeout)
     box = SecretBox(settings.meterway_secret_key) if settings.meterway_secret_key else None
     gw = Gateway(
         settings=settings,
         catalog=catalog,
         redis=redis,
         pg=pg,
-        http=http,
+        upstream=upstream,
         keys=KeyCache(pg),
         holds=Holds(BalanceView(redis, runner), pg, settings.hold_ttl_seconds),
         pool=KeyPool(box),
@@ -107,7 +104,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await http.close()
+    await upstream.close()
     await pg.close()
     await redis.aclose()
     await listener_redis.aclose()

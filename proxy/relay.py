@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
 import orjson
 import structlog
 from aiohttp import web
@@ -25,6 +24,12 @@ from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.providers import Adapter, PreparedBody
 from proxy.providers.sse import StreamScanner
 from proxy.state import Gateway
+from proxy.upstream import (
+    ConnectTimeout,
+    UpstreamError,
+    UpstreamResponse,
+    parse_target,
+)
 from shared import invalidation, redis_keys
 from shared.db import alerts as db_alerts
 from shared.db import providers as db_providers
@@ -49,6 +54,7 @@ _DROP_REQUEST_HEADERS = frozenset(
         "upgrade",
         "cookie",
         "accept-encoding",
+        "content-type",
         # these scope a request to an OpenAI account: the provider key's, not the client's
         "openai-organization",
         "openai-project",
@@ -71,21 +77,21 @@ class RelayResult:
     outcome: str = "completed"
 
 
-def upstream_headers(request: web.Request, key: UpstreamKey) -> dict[str, str]:
-    headers = {
-        name: value
+def upstream_headers(request: web.Request, key: UpstreamKey) -> list[tuple[str, str]]:
+    headers = [
+        (name, value)
         for name, value in request.headers.items()
         if name.lower() not in _DROP_REQUEST_HEADERS
-    }
-    headers["Content-Type"] = "application/json"
+    ]
+    headers.append(("Content-Type", "application/json"))
     if key.provider == "anthropic":
-        headers["x-api-key"] = key.secret
+        headers.append(("x-api-key", key.secret))
     else:
-        headers["Authorization"] = f"Bearer {key.secret}"
+        headers.append(("Authorization", f"Bearer {key.secret}"))
     return headers
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float:
+def _retry_after(response: UpstreamResponse) -> float:
     """Seconds to rest a rate-limited key: the provider's Retry-After, kept sane."""
     try:
         seconds = float(response.headers.get("retry-after", ""))
@@ -96,11 +102,11 @@ def _retry_after(response: aiohttp.ClientResponse) -> float:
     return min(max(seconds, 0.5), 3600.0)
 
 
-def _upstream_id(response: aiohttp.ClientResponse) -> str | None:
+def _upstream_id(response: UpstreamResponse) -> str | None:
     return response.headers.get("x-request-id") or response.headers.get("request-id")
 
 
-def _answer_headers(response: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+def _answer_headers(response: UpstreamResponse, request_id: str) -> dict[str, str]:
     headers = {"x-request-id": request_id}
     upstream_id = _upstream_id(response)
     if upstream_id:
@@ -124,7 +130,9 @@ class Relay:
         self.adapter = adapter
         self.prepared = prepared
         self.request_id = request_id
-        self.url = f"{gw.settings.upstream_base_url(adapter.provider)}/{adapter.endpoint}"
+        self.target = parse_target(
+            f"{gw.settings.upstream_base_url(adapter.provider)}/{adapter.endpoint}"
+        )
 
     async def run(self) -> RelayResult:
         response, key = await self._send_with_failover()
@@ -142,7 +150,7 @@ class Relay:
             return await self._stream(response, key)
         return await self._whole(response, key)
 
-    async def _send_with_failover(self) -> tuple[aiohttp.ClientResponse, UpstreamKey]:
+    async def _send_with_failover(self) -> tuple[UpstreamResponse, UpstreamKey]:
         provider = self.adapter.provider
         tried: set[int] = set()
         retried = False
@@ -150,10 +158,10 @@ class Relay:
             key = self._choose(provider, frozenset(tried))
             tried.add(key.id)
             try:
-                response = await self.gw.http.post(
-                    self.url, data=self.prepared.body, headers=upstream_headers(self.request, key)
+                response = await self.gw.upstream.post(
+                    self.target, upstream_headers(self.request, key), self.prepared.body
                 )
-            except aiohttp.ConnectionTimeoutError as exc:
+            except ConnectTimeout as exc:
                 if not retried and self._another_key(provider, tried):
                     retried = True
                     self._count_retry(provider, key, "connect_timeout")
@@ -161,7 +169,7 @@ class Relay:
                 raise ProxyError(504, "Upstream timed out") from exc
             except TimeoutError as exc:
                 raise ProxyError(504, "Upstream timed out") from exc
-            except aiohttp.ClientError as exc:
+            except UpstreamError as exc:
                 if not retried and self._another_key(provider, tried):
                     retried = True
                     self._count_retry(provider, key, "connect")
@@ -238,12 +246,12 @@ class Relay:
             self.gw.settings.operator_emails,
         )
 
-    async def _whole(self, response: aiohttp.ClientResponse, key: UpstreamKey) -> RelayResult:
+    async def _whole(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:
         try:
             body = await response.read()
         except TimeoutError as exc:
             raise ProxyError(504, "Upstream timed out") from exc
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise ProxyError(502, "Upstream connection broke") from exc
         finally:
             response.release()
@@ -268,7 +276,7 @@ class Relay:
             upstream_request_id=_upstream_id(response),
         )
 
-    async def _stream(self, response: aiohttp.ClientResponse, key: UpstreamKey) -> RelayResult:
+    async def _stream(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:
         scanner = self.adapter.scanner(self.prepared)
         answer = web.StreamResponse(
             status=response.status, headers=_answer_headers(response, self.request_id)
@@ -278,7 +286,7 @@ class Relay:
         outcome = "completed"
         try:
             await answer.prepare(self.request)
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 out = scanner.feed(chunk)
                 if out:
                     await answer.write(out)
@@ -290,7 +298,7 @@ class Relay:
         except (ConnectionResetError, asyncio.CancelledError):
             outcome = "client_disconnected"
             await self._after_client_left(response, scanner)
-        except (aiohttp.ClientError, TimeoutError):
+        except (UpstreamError, TimeoutError):
             outcome = "upstream_broken"
             await self._end_broken_stream(answer, scanner)
         finally:
@@ -311,20 +319,18 @@ class Relay:
             outcome=outcome,
         )
 
-    async def _after_client_left(
-        self, response: aiohttp.ClientResponse, scanner: StreamScanner
-    ) -> None:
+    async def _after_client_left(self, response: UpstreamResponse, scanner: StreamScanner) -> None:
         """`abort`: close upstream at once so generation stops. `finish`: read on,
         without a client, until the final usage arrives (bounded in time)."""
         settings = self.gw.settings
         if settings.client_disconnect_policy == "finish":
             try:
                 async with asyncio.timeout(settings.finish_timeout_seconds):
-                    async for chunk in response.content.iter_any():
+                    async for chunk in response.iter_chunks():
                         scanner.feed(chunk)
                     scanner.finish()
                 return
-            except (aiohttp.ClientError, TimeoutError):
+            except (UpstreamError, TimeoutError):
                 pass
         response.close()
 

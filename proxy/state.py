@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
@@ -13,6 +12,7 @@ from proxy.auth import KeyCache
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.metrics import Metrics
+from proxy.upstream import UpstreamClient
 from shared.catalog import Catalog
 from shared.config import Settings
 from shared.usage_queue import UsageQueue
@@ -24,7 +24,7 @@ class Gateway:
     catalog: Catalog
     redis: Redis
     pg: asyncpg.Pool
-    http: aiohttp.ClientSession
+    upstream: UpstreamClient
     keys: KeyCache
     holds: Holds
     pool: KeyPool
