@@ -78,6 +78,33 @@ async def cpu_per_request(
     return CpuSampler.diff_ms(before, sampler.snapshot())["proxy"] / run.requests
 
 
+async def profile(
+    processes: Processes,
+    session,
+    target: Target,
+    body: bytes,
+    stream: bool,
+    pid: int,
+    raw: Path,
+    args: argparse.Namespace,
+) -> None:
+    """py-spy (raw collapsed stacks) on one proxy during an extra, unmeasured run."""
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    duration = max(3, int(args.duration))
+    argv = ["py-spy", "record", "--format", "raw", "--rate", "250", "--pid", str(pid)]
+    spy = processes.spawn("py-spy", [*argv, "--duration", str(duration), "--output", str(raw)])
+    await asyncio.sleep(0.5)
+    await load.closed_loop(
+        session, target, body, stream, Tally(), concurrency=args.concurrency, duration=duration + 1
+    )
+    for _ in range(100):
+        if not spy.alive():
+            break
+        await asyncio.sleep(0.1)
+    processes.stop(spy)
+    log(f"profile written to {raw}")
+
+
 async def compare(args: argparse.Namespace, old_root: Path, workdir: Path) -> dict:
     w = await world.create_world(args.pg, args.redis)
     sim_port = procs.free_port()
@@ -105,6 +132,12 @@ async def compare(args: argparse.Namespace, old_root: Path, workdir: Path) -> di
                     new, old = runs["new"][-1], runs["old"][-1]
                     log(f"{kind} round {round_no + 1}: new {new:.3f} ms, old {old:.3f} ms")
                 results[kind] = runs
+                if args.profile:
+                    target = Target(
+                        "new", f"{new_url}/v1/openai/chat/completions", {**auth, **extra}
+                    )
+                    raw = Path(args.profile) / f"{'stream' if stream else 'nonstream'}.txt"
+                    await profile(processes, session, target, body, stream, new_pid, raw, args)
         return results
     finally:
         processes.stop_all()
@@ -129,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=float, default=3.0, help="seconds per measured run")
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--profile", metavar="DIR", help="also py-spy the working tree's proxy")
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     args = p.parse_args(argv)

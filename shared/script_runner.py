@@ -2,9 +2,10 @@
 
 redis-py checks a connection out of its pool, health-checks it and arms a
 timeout for every command; on the proxy's two scripts per request that was a
-third of its CPU. Here concurrent callers share one connection: each call
-writes its EVALSHA at once and waits for its reply, which Redis returns in
-order. A lost connection fails every waiting call with redis-py's
+third of its CPU. Here concurrent callers share one connection: the commands
+issued during one turn of the event loop go out in one write, and replies,
+which Redis returns in order, are parsed (hiredis) straight from the socket
+callback. A lost connection fails every waiting call with redis-py's
 ConnectionError (the proxy answers 503) and the next call reconnects; a
 watchdog aborts a connection whose oldest reply is late by `timeout`.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -37,14 +38,66 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
+class _Connection(asyncio.Protocol):
+    """One Redis connection: commands written in batches, replies matched in order."""
+
+    def __init__(self, on_lost: Callable[[_Connection], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self._on_lost = on_lost
+        self._parser = hiredis.Reader()
+        self._outbox: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def call(self, command: bytes) -> asyncio.Future:
+        future = self._loop.create_future()
+        if self.transport is None or self.transport.is_closing():
+            future.set_exception(RedisConnectionError("connection to Redis lost"))
+            return future
+        self.pending.append((future, time.monotonic()))
+        self._outbox.append(command)
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        try:
+            while (reply := self._parser.gets()) is not False:
+                future, _ = self.pending.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (IndexError, hiredis.ProtocolError):  # a reply nobody asked for
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(self)
+        while self.pending:
+            future, _ = self.pending.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError("connection to Redis lost"))
+
+
 class ScriptRunner:
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self._options = parse_url(url)
         self._timeout = timeout
-        self._writer: asyncio.StreamWriter | None = None
-        self._pending: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self._conn: _Connection | None = None
         self._connecting = asyncio.Lock()
-        self._tasks: list[asyncio.Task] = []
+        self._watchdog: asyncio.Task | None = None
 
     async def run(self, script: LuaScript, keys: list[str], args: list[str]) -> object:
         command = _pack("EVALSHA", script.sha, str(len(keys)), *keys, *args)
@@ -57,82 +110,69 @@ class ScriptRunner:
         return await self._call(command)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._writer is not None:
-            self._writer.close()
-        self._fail_all("closed")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
 
     async def _call(self, command: bytes) -> object:
-        return await self._send(self._writer or await self._connect(), command)
+        return await self._send(self._conn or await self._connect(), command)
 
-    async def _send(self, writer: asyncio.StreamWriter, command: bytes) -> object:
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((future, time.monotonic()))
-        writer.write(command)
-        reply = await future
+    @staticmethod
+    async def _send(conn: _Connection, command: bytes) -> object:
+        reply = await conn.call(command)
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
         return reply
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _Connection:
         async with self._connecting:
-            if self._writer is not None:
-                return self._writer
+            if self._conn is not None:
+                return self._conn
+            loop = asyncio.get_running_loop()
             try:
-                if "path" in self._options:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_unix_connection(self._options["path"]), self._timeout
-                    )
-                else:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(
-                            self._options.get("host", "localhost"), self._options.get("port", 6379)
-                        ),
-                        self._timeout,
-                    )
+                async with asyncio.timeout(self._timeout):
+                    if "path" in self._options:
+                        _, conn = await loop.create_unix_connection(
+                            lambda: _Connection(self._lost), self._options["path"]
+                        )
+                    else:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(self._lost),
+                            self._options.get("host", "localhost"),
+                            self._options.get("port", 6379),
+                        )
+                    try:
+                        await self._prepare(conn)
+                    except BaseException:
+                        conn.abort()
+                        raise
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-            self._tasks = [
-                asyncio.create_task(self._read(reader, writer)),
-                asyncio.create_task(self._watch(writer)),
-            ]
-            if self._options.get("password"):
-                user = self._options.get("username")
-                auth = _pack("AUTH", *([user] if user else []), self._options["password"])
-                await self._send(writer, auth)
-            if self._options.get("db"):
-                await self._send(writer, _pack("SELECT", str(self._options["db"])))
-            self._writer = writer  # only now may other callers write on it
-            return writer
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.create_task(self._watch())
+            self._conn = conn  # only now may other callers write on it
+            return conn
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = hiredis.Reader()
-        try:
-            while data := await reader.read(65536):
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    future, _ = self._pending.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-        except (OSError, IndexError, hiredis.ProtocolError):
-            pass
-        finally:
-            if self._writer is writer:
-                self._writer = None
-            writer.close()  # also ends this connection's watchdog
-            self._fail_all("connection to Redis lost")
+    async def _prepare(self, conn: _Connection) -> None:
+        if self._options.get("password"):
+            user = self._options.get("username")
+            await self._send(
+                conn, _pack("AUTH", *([user] if user else []), self._options["password"])
+            )
+        if self._options.get("db"):
+            await self._send(conn, _pack("SELECT", str(self._options["db"])))
 
-    async def _watch(self, writer: asyncio.StreamWriter) -> None:
-        while not writer.is_closing():
+    def _lost(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+
+    async def _watch(self) -> None:
+        """Abort a connection whose oldest reply is late by `timeout`."""
+        while True:
             await asyncio.sleep(min(1.0, self._timeout))
-            if self._pending and time.monotonic() - self._pending[0][1] > self._timeout:
-                with contextlib.suppress(Exception):
-                    writer.transport.abort()
-                return
-
-    def _fail_all(self, reason: str) -> None:
-        while self._pending:
-            future, _ = self._pending.popleft()
-            if not future.done():
-                future.set_exception(RedisConnectionError(reason))
+            conn = self._conn
+            if conn is not None and conn.pending:
+                if time.monotonic() - conn.pending[0][1] > self._timeout:
+                    conn.abort()

@@ -681,3 +681,33 @@ def test_anthropic_output_cap():
     assert adapter.output_cap({"max_tokens": 1024}) == 1024
     assert adapter.output_cap({}) is None
     assert adapter.output_cap({"max_tokens": 0}) is None
+
+
+# ---------------------------------------------------------------- block fast path
+
+
+def test_block_fast_path_counts_like_event_by_event():
+    """Blocks with nothing rare are counted in one pass; the count must equal
+    what the event-by-event path finds, for every adapter."""
+    chat = [sse(chat_chunk({"role": "assistant", "content": ""}))]
+    chat += [sse(chat_chunk({"content": f"word {i} \"quoted\""})) for i in range(7)]
+    chat += [sse(chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))]
+    chat += [sse(chat_chunk({}, finish="stop"))]
+    anthropic = [
+        sse({"type": "content_block_delta", "delta": {"text": "x"}}, "content_block_delta")
+    ] * 5 + [sse({"type": "ping"}, "ping")]
+    responses = responses_stream()[1:4]
+    cases = [
+        (OpenAIChat().scanner(chat_prepared({"stream": True})[1]), chat, 8),
+        (AnthropicMessages().scanner(None), anthropic, 5),
+        (OpenAIResponses().scanner(None), responses, 3),
+    ]
+    for scanner, events, expected in cases:
+        block = b"".join(events)
+        assert scanner.feed(block) == block
+        assert scanner.deltas == expected
+        assert scanner.complete is False and scanner.usage is None
+        one_by_one = type(scanner)()
+        for event in events:
+            one_by_one.on_event(event)
+        assert one_by_one.deltas == expected

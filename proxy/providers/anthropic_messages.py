@@ -22,6 +22,9 @@ def usage_from_anthropic(usage: dict | None) -> TokenUsage | None:
     )
 
 
+_RARE = (b"message_start", b"message_delta", b"message_stop", b"event: error")
+
+
 class MessagesScanner(StreamScanner):
     """`message_start` carries the input usage; `message_delta` the final output
     count (and, in newer API versions, the input fields again)."""
@@ -29,6 +32,12 @@ class MessagesScanner(StreamScanner):
     def __init__(self) -> None:
         super().__init__()
         self._usage: dict = {}
+
+    def scan(self, block: bytes) -> bytes:
+        if any(marker in block for marker in _RARE):
+            return self.scan_events(block)
+        self.deltas += block.count(b'"type":"content_block_delta"')
+        return block
 
     def on_event(self, event: bytes) -> bool:
         if b"content_block_delta" in event:

@@ -37,7 +37,27 @@ def _carries_output(event: bytes) -> bool:
     return value[:1] == b'"' and value[:2] != b'""'
 
 
+def _output_deltas(block: bytes) -> int:
+    """Events carrying text or a tool call, counted over a block of whole events."""
+    count = block.count(b'"content":"') - block.count(b'"content":""')
+    if b'"content": "' in block:
+        count += block.count(b'"content": "') - block.count(b'"content": ""')
+    return count + block.count(b'"tool_calls"')
+
+
+def _usage_in(block: bytes) -> bool:
+    """A usage object that is not null (with include_usage every chunk has one)."""
+    found = block.count(b'"usage"')
+    return found > 0 and found > sum(block.count(null) for null in _NULL_USAGE)
+
+
 class ChatScanner(StreamScanner):
+    def scan(self, block: bytes) -> bytes:
+        if b"[DONE]" in block or b'"error"' in block or _usage_in(block):
+            return self.scan_events(block)
+        self.deltas += _output_deltas(block)
+        return block
+
     def on_event(self, event: bytes) -> bool:
         if b"[DONE]" in event and event_data(event) == b"[DONE]":
             self.complete = True

@@ -1,7 +1,9 @@
 """Server-sent events read on the side of a relayed stream.
 
-`StreamScanner` splits the upstream bytes into whole events and hands each to
-the adapter's `on_event`. When the adapter needs no event hidden from the
+`StreamScanner` cuts the upstream bytes into blocks of whole events and hands
+them to the adapter's scanner, which counts output deltas over a block at C
+speed and looks at events one by one only when the block holds something rare
+(usage, the end, an error). When the adapter needs no event hidden from the
 client, bytes are forwarded as they arrive and scanned on the side; otherwise
 whole events are forwarded, minus the hidden ones.
 """
@@ -31,7 +33,7 @@ def event_json(event: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _boundary(buffer: bytearray, start: int) -> tuple[int, int]:
+def _boundary(buffer: bytes, start: int) -> tuple[int, int]:
     """Index of the first blank line at or after `start` and its length, or (-1, 0)."""
     lf = buffer.find(b"\n\n", start)
     crlf = buffer.find(b"\r\n\r\n", start)
@@ -40,8 +42,41 @@ def _boundary(buffer: bytearray, start: int) -> tuple[int, int]:
     return (lf, 2) if lf != -1 else (-1, 0)
 
 
+def whole_events_end(data: bytes | bytearray) -> int:
+    """Where the last whole event in `data` ends (0: none is whole yet)."""
+    end = data.rfind(b"\n\n")
+    end = end + 2 if end != -1 else 0
+    if b"\r" in data:
+        crlf = data.rfind(b"\r\n\r\n")
+        if crlf != -1 and crlf + 4 > end:
+            end = crlf + 4
+    return end
+
+
+def split_events(block: bytes) -> list[bytes]:
+    """The events of a block that ends with a blank line, each with its
+    terminator; together they are exactly `block`."""
+    if b"\r" not in block:
+        parts = block.split(b"\n\n")
+        last = parts.pop()  # empty, or newlines beyond the last blank line
+        events = [part + b"\n\n" for part in parts]
+    else:
+        events = []
+        start = 0
+        while (found := _boundary(block, start))[0] != -1:
+            index, size = found
+            events.append(block[start : index + size])
+            start = index + size
+        last = block[start:]
+    if last:
+        events.append(last)
+    return events
+
+
 class StreamScanner:
-    """Base scanner: subclasses implement `on_event` and fill in the outcome."""
+    """Base scanner. Subclasses implement `on_event` (one event at a time) and may
+    override `scan` with a fast path over a block of whole events that looks at
+    each event only when the block holds something rare (usage, the end, an error)."""
 
     def __init__(self, *, filtering: bool = False) -> None:
         self.filtering = filtering
@@ -49,36 +84,40 @@ class StreamScanner:
         self.deltas = 0
         self.complete = False
         self.error_event = False
-        self._buffer = bytearray()
+        self._rest = bytearray()
 
     def on_event(self, event: bytes) -> bool:
         """Look at one whole event (with its terminator); False hides it."""
         raise NotImplementedError
 
+    def scan(self, block: bytes) -> bytes:
+        """Look at whole events; return those to forward (all, by default)."""
+        return self.scan_events(block)
+
+    def scan_events(self, block: bytes) -> bytes:
+        events = split_events(block)
+        kept = [event for event in events if self.on_event(event)]
+        return block if len(kept) == len(events) else b"".join(kept)
+
     def feed(self, chunk: bytes) -> bytes:
-        """Take upstream bytes; return the bytes to send to the client now."""
-        self._buffer += chunk
-        out = bytearray() if self.filtering else None
-        start = 0
-        while True:
-            index, size = _boundary(self._buffer, start)
-            if index == -1:
-                break
-            end = index + size
-            event = bytes(self._buffer[start:end])
-            keep = self.on_event(event)
-            if out is not None and keep:
-                out += event
-            start = end
-        if start:
-            del self._buffer[:start]
-        if out is None:
-            return chunk
-        return bytes(out)
+        """Take upstream bytes; return the bytes to send to the client now:
+        the chunk itself, or, when filtering, the whole events kept so far."""
+        if self._rest:
+            self._rest += chunk
+            data = bytes(self._rest)
+            self._rest.clear()
+        else:
+            data = chunk
+        end = whole_events_end(data)
+        if end != len(data):
+            self._rest += data[end:]
+            data = data[:end]
+        kept = self.scan(data) if data else b""
+        return kept if self.filtering else chunk
 
     def finish(self) -> bytes:
         """End of upstream: a trailing partial event is passed on as it is."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
+        rest = bytes(self._rest)
+        self._rest.clear()
         keep = self.on_event(rest) if rest.strip() else True
         return rest if self.filtering and keep else b""
