@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +59,11 @@ class ModelPrice(BaseModel):
         if self.cache_write_1h_per_mtok is None:
             return self.input_per_mtok
         return self.cache_write_1h_per_mtok
+
+    @cached_property
+    def dearest_input(self) -> Decimal:
+        """The highest price an input token can have (what holds assume)."""
+        return max(self.input_per_mtok, self.cache_write, self.cache_write_1h)
 
 
 class Catalog(BaseModel):

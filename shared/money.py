@@ -8,7 +8,7 @@ units round in the conservative direction for the caller.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
+from decimal import Decimal
 
 UNITS_PER_USD = 1_000_000_000
 _UNIT = Decimal(1) / Decimal(UNITS_PER_USD)
@@ -32,21 +32,16 @@ def to_decimal(value: object) -> Decimal:
     return result
 
 
-def _to_units(amount: Decimal, rounding: str) -> int:
-    # scaleb shifts the exponent exactly: no rounding to the context's precision
-    with localcontext() as ctx:
-        ctx.prec = max(ctx.prec, len(amount.as_tuple().digits) + 20)
-        return int(amount.scaleb(9).to_integral_value(rounding=rounding))
-
-
 def units_floor(amount: Decimal) -> int:
     """USD -> integer units, rounded down (for balances: never overstate them)."""
-    return _to_units(amount, ROUND_FLOOR)
+    numerator, denominator = amount.as_integer_ratio()  # exact, whatever the precision
+    return numerator * UNITS_PER_USD // denominator
 
 
 def units_ceil(amount: Decimal) -> int:
     """USD -> integer units, rounded up (for holds: never understate them)."""
-    return _to_units(amount, ROUND_CEILING)
+    numerator, denominator = amount.as_integer_ratio()
+    return -(-numerator * UNITS_PER_USD // denominator)
 
 
 def units_to_usd(units: int) -> Decimal:

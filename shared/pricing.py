@@ -33,6 +33,5 @@ def hold_usd(
 ) -> Decimal:
     """The most a request can cost: its prompt estimate at the dearest input
     price plus its output cap."""
-    dearest_input = max(price.input_per_mtok, price.cache_write, price.cache_write_1h)
-    token_cost = prompt_tokens * dearest_input + output_cap * price.output_per_mtok
+    token_cost = prompt_tokens * price.dearest_input + output_cap * price.output_per_mtok
     return token_cost / MILLION * rate_multiplier * price.multiplier
