@@ -99,6 +99,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(refresh_periodically(gw, every=10.0)),
     ]
     yield
+    if gw.background:  # usage events of requests cut short by the shutdown
+        await asyncio.wait(gw.background, timeout=10)
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -177,7 +177,11 @@ async def _serve(
     )
     pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
     window = limit.window_key if limit and limit.tpm else None
-    await asyncio.shield(deliver(gw, event, pending_units, window))
+    try:
+        await deliver(gw, event, pending_units, window)
+    except asyncio.CancelledError:  # shutdown: enqueue again, to the end (idempotent)
+        gw.finish_in_background(deliver(gw, event, pending_units, window))
+        raise
     return result.response
 
 

@@ -66,10 +66,14 @@ class KeyPool:
 
     def choose(self, provider: str, exclude: frozenset[int] = frozenset()) -> UpstreamKey:
         """The next active key not in `exclude` and not cooling down."""
-        candidates = [k for k in self._keys.get(provider, ()) if k.id not in exclude]
+        keys = self._keys.get(provider)
+        if keys and not exclude and not self._cooling_until:  # the usual case
+            return keys[next(self._turn) % len(keys)]
+        candidates = [k for k in keys or () if k.id not in exclude]
         if not candidates:
             raise NoActiveKey()
         now = time.monotonic()
+        self._cooling_until = {k: t for k, t in self._cooling_until.items() if t > now}
         start = next(self._turn)
         for offset in range(len(candidates)):
             key = candidates[(start + offset) % len(candidates)]
@@ -79,7 +83,9 @@ class KeyPool:
         raise NoActiveKey(cooling_for=max(soonest - now, 0.0))
 
     def cool_down(self, key_id: int, seconds: float) -> None:
-        self._cooling_until[key_id] = time.monotonic() + seconds
+        now = time.monotonic()
+        self._cooling_until = {k: t for k, t in self._cooling_until.items() if t > now}
+        self._cooling_until[key_id] = now + seconds
 
     def drop(self, key_id: int) -> None:
         """Stop using a key at once (it was disabled after a 401/403)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import structlog
@@ -13,8 +14,13 @@ from proxy.state import GATEWAY, REQUEST_ID
 log = structlog.get_logger("meterway.proxy")
 
 
+_PROCESS_PART = os.urandom(8).hex()  # 64 random bits per process, then a counter
+_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
 def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+    """Unique across proxies and restarts; it is what settles a request exactly once."""
+    return f"req_{_PROCESS_PART}{next(_counter):08x}"
 
 
 def provider_of(path: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
@@ -30,6 +32,14 @@ class Gateway:
     pool: KeyPool
     queue: UsageQueue
     metrics: Metrics
+    background: set[asyncio.Task] = field(default_factory=set)
+
+    def finish_in_background(self, work: Coroutine) -> None:
+        """Run `work` to its end even though the request that needed it is gone;
+        shutdown waits for it (see `proxy.app`)."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
