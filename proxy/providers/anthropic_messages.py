@@ -22,9 +22,6 @@ def usage_from_anthropic(usage: dict | None) -> TokenUsage | None:
     )
 
 
-_RARE = (b"message_start", b"message_delta", b"message_stop", b"event: error")
-
-
 class MessagesScanner(StreamScanner):
     """`message_start` carries the input usage; `message_delta` the final output
     count (and, in newer API versions, the input fields again)."""
@@ -33,11 +30,10 @@ class MessagesScanner(StreamScanner):
         super().__init__()
         self._usage: dict = {}
 
-    def scan(self, block: bytes) -> bytes:
-        if any(marker in block for marker in _RARE):
-            return self.scan_events(block)
-        self.deltas += block.count(b'"type":"content_block_delta"')
-        return block
+    rare = (b"message_start", b"message_delta", b"message_stop", b"event: error")
+
+    def count_deltas(self, events: bytes) -> int:
+        return events.count(b'"type":"content_block_delta"')
 
     def on_event(self, event: bytes) -> bool:
         if b"content_block_delta" in event:

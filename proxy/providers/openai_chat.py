@@ -45,18 +45,12 @@ def _output_deltas(block: bytes) -> int:
     return count + block.count(b'"tool_calls"')
 
 
-def _usage_in(block: bytes) -> bool:
-    """A usage object that is not null (with include_usage every chunk has one)."""
-    found = block.count(b'"usage"')
-    return found > 0 and found > sum(block.count(null) for null in _NULL_USAGE)
-
-
 class ChatScanner(StreamScanner):
-    def scan(self, block: bytes) -> bytes:
-        if b"[DONE]" in block or b'"error"' in block or _usage_in(block):
-            return self.scan_events(block)
-        self.deltas += _output_deltas(block)
-        return block
+    # the end, a usage object that is not null, an error
+    rare = (b"[DONE]", b'"usage":{', b'"usage": {', b'"error"')
+
+    def count_deltas(self, events: bytes) -> int:
+        return _output_deltas(events)
 
     def on_event(self, event: bytes) -> bool:
         if b"[DONE]" in event and event_data(event) == b"[DONE]":

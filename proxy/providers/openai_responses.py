@@ -12,12 +12,10 @@ _FINAL_BYTES = tuple(name.encode() for name in _FINAL)
 
 
 class ResponsesScanner(StreamScanner):
-    def scan(self, block: bytes) -> bytes:
-        rare = b"event: error" in block or b'"type":"error"' in block
-        if rare or any(name in block for name in _FINAL_BYTES):
-            return self.scan_events(block)
-        self.deltas += block.count(b'"type":"response.output_text.delta"')
-        return block
+    rare = (*_FINAL_BYTES, b"event: error", b'"type":"error"')
+
+    def count_deltas(self, events: bytes) -> int:
+        return events.count(b'"type":"response.output_text.delta"')
 
     def on_event(self, event: bytes) -> bool:
         if b"response.output_text.delta" in event:

@@ -73,10 +73,23 @@ def split_events(block: bytes) -> list[bytes]:
     return events
 
 
+def _event_start(block: bytes, lowest: int, at: int) -> int:
+    """Start of the event that holds index `at` (never before `lowest`)."""
+    lf = block.rfind(b"\n\n", lowest, at)
+    crlf = block.rfind(b"\r\n\r\n", lowest, at)
+    return max(lowest, lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
+
+
 class StreamScanner:
-    """Base scanner. Subclasses implement `on_event` (one event at a time) and may
-    override `scan` with a fast path over a block of whole events that looks at
-    each event only when the block holds something rare (usage, the end, an error)."""
+    """Base scanner: subclasses implement `on_event` (one whole event) and fill in
+    the outcome.
+
+    A subclass that also sets `rare` (byte strings found only in events that
+    need a closer look: usage, the end, errors) and `count_deltas` gets the fast
+    path: the output deltas of a block are counted in one pass, and only the
+    events holding a rare marker go through `on_event`."""
+
+    rare: tuple[bytes, ...] | None = None
 
     def __init__(self, *, filtering: bool = False) -> None:
         self.filtering = filtering
@@ -90,9 +103,42 @@ class StreamScanner:
         """Look at one whole event (with its terminator); False hides it."""
         raise NotImplementedError
 
+    def count_deltas(self, events: bytes) -> int:
+        """Output deltas among whole events that hold no rare marker."""
+        raise NotImplementedError
+
     def scan(self, block: bytes) -> bytes:
-        """Look at whole events; return those to forward (all, by default)."""
-        return self.scan_events(block)
+        """Look at a block of whole events; return those to forward."""
+        if self.rare is None:
+            return self.scan_events(block)
+        pieces: list[bytes] = []
+        hidden = False
+        pos = 0
+        while (at := self._next_rare(block, pos)) != -1:
+            start = _event_start(block, pos, at)
+            index, size = _boundary(block, at)
+            end = index + size if index != -1 else len(block)
+            if start > pos:
+                self.deltas += self.count_deltas(block[pos:start])
+            if self.on_event(block[start:end]):
+                pieces.append(block[pos:end])
+            else:
+                pieces.append(block[pos:start])
+                hidden = True
+            pos = end
+        if pos < len(block):
+            rest = block[pos:] if pos else block
+            self.deltas += self.count_deltas(rest)
+            pieces.append(rest)
+        return b"".join(pieces) if hidden else block
+
+    def _next_rare(self, block: bytes, pos: int) -> int:
+        found = -1
+        for marker in self.rare:
+            at = block.find(marker, pos)
+            if at != -1 and (found == -1 or at < found):
+                found = at
+        return found
 
     def scan_events(self, block: bytes) -> bytes:
         events = split_events(block)
