@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 
@@ -156,6 +157,7 @@ async def _serve(
         await release_quietly(gw, owner.user_id, request_id)
         return result.response
 
+    await send_now(request, result.response)  # the client need not wait for the enqueue
     usage, estimated = billed_usage(result, prompt_tokens)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
@@ -183,6 +185,16 @@ async def _serve(
         gw.finish_in_background(deliver(gw, event, pending_units, window))
         raise
     return result.response
+
+
+async def send_now(request: web.Request, response: web.StreamResponse) -> None:
+    """Finish a whole answer now (a streamed one already is); aiohttp then has
+    nothing left to send when the handler returns."""
+    if response.prepared:
+        return
+    with contextlib.suppress(ConnectionResetError):  # gone: billed all the same
+        await response.prepare(request)
+        await response.write_eof()
 
 
 async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
