@@ -119,31 +119,35 @@ class Bench:
         self.redis = Redis.from_url(self.world.redis_url)
         try:
             self.redis_pid = await self._redis_pid()
-            self.sim = self.procs.meterway(
-                "simulator", "mock-upstream", "--port", str(self.sim_port)
-            )
-            await procs.wait_http(f"{self.sim_url}/healthz", self.sim)
-            self.proxy, self.proxy_url = await self.start_proxy("proxy")
-            async with load.new_session() as session:
-                self.session = session
-                phases = [self.smoke, self.latency, self.throughput]
-                if self.args.profile:
-                    phases.append(self.profile)
-                phases += [self.memory, self.settle_backlog]
-                if self.args.no_nginx:
-                    self.results["nginx"] = {"skipped": "--no-nginx given"}
-                else:
-                    phases.append(self.nginx)
-                phases.append(self.worker_backlog)
-                for phase in phases:
-                    procs.check_stop()
-                    await phase()
+            if self.args.only == "worker":  # needs neither simulator nor proxy
+                await self.worker_backlog()
+            else:
+                await self._all_phases()
             procs.check_stop()
             await self.reconcile()
         finally:
             await self.redis.aclose()
             await self.pg.close()
         return self.results
+
+    async def _all_phases(self) -> None:
+        self.sim = self.procs.meterway("simulator", "mock-upstream", "--port", str(self.sim_port))
+        await procs.wait_http(f"{self.sim_url}/healthz", self.sim)
+        self.proxy, self.proxy_url = await self.start_proxy("proxy")
+        async with load.new_session() as session:
+            self.session = session
+            phases = [self.smoke, self.latency, self.throughput]
+            if self.args.profile:
+                phases.append(self.profile)
+            phases += [self.memory, self.settle_backlog]
+            if self.args.no_nginx:
+                self.results["nginx"] = {"skipped": "--no-nginx given"}
+            else:
+                phases.append(self.nginx)
+            phases.append(self.worker_backlog)
+            for phase in phases:
+                procs.check_stop()
+                await phase()
 
     async def _redis_pid(self) -> int | None:
         with contextlib.suppress(Exception):
@@ -575,6 +579,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy the proxy in an extra run")
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio for the load generator")
     p.add_argument("--no-nginx", action="store_true", help="skip the two-proxies-behind-nginx run")
+    p.add_argument(
+        "--only",
+        choices=["worker"],
+        help="run only this phase (worker: the settlement backlog, then reconcile)",
+    )
     p.add_argument(
         "--pg",
         default=os.environ.get(

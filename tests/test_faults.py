@@ -255,11 +255,12 @@ async def test_proxy_killed_mid_request_releases_its_hold(stack, books, pg, priv
     await stack.kill(proc)
     with pytest.raises(anthropic.APIConnectionError):
         await task
-    for _ in range(150):  # expiry (2 s) + the reaper's 5 s cadence
-        if await held(redis, acct.user_id) == 0:
+    orphan = None
+    for _ in range(200):  # expiry (2 s) + the reaper's 5 s cadence; it records after releasing
+        orphan = await pg.fetchrow("SELECT * FROM orphaned_holds WHERE user_id = $1", acct.user_id)
+        if orphan is not None and await held(redis, acct.user_id) == 0:
             break
         await asyncio.sleep(0.1)
-    orphan = await pg.fetchrow("SELECT * FROM orphaned_holds WHERE user_id = $1", acct.user_id)
     assert orphan is not None and orphan["held_usd"] > 0
     await assert_books_close(pg, redis, stack, acct.user_id, Decimal(5))
     assert await pg.fetchval("SELECT balance_usd FROM users WHERE id = $1", acct.user_id) == 5

@@ -690,7 +690,7 @@ def test_block_fast_path_counts_like_event_by_event():
     """Blocks with nothing rare are counted in one pass; the count must equal
     what the event-by-event path finds, for every adapter."""
     chat = [sse(chat_chunk({"role": "assistant", "content": ""}))]
-    chat += [sse(chat_chunk({"content": f"word {i} \"quoted\""})) for i in range(7)]
+    chat += [sse(chat_chunk({"content": f'word {i} "quoted"'})) for i in range(7)]
     chat += [sse(chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))]
     chat += [sse(chat_chunk({}, finish="stop"))]
     anthropic = [

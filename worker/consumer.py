@@ -27,6 +27,9 @@ from worker.settle import SettleDeps, UnpricedModel, settle_batch
 log = structlog.get_logger("meterway.consumer")
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+# Under a backlog (every read comes back full) batches double up to this many
+# times `settle_batch_size`: Postgres spends much less per event in big batches.
+GROWTH_LIMIT = 4
 
 
 class UsageConsumer:
@@ -34,7 +37,9 @@ class UsageConsumer:
         self.deps = deps
         self.redis = redis
         self.name = f"{socket.gethostname()}-{os.getpid()}-{lane}"
-        self.batch = deps.settings.settle_batch_size
+        self.base_batch = deps.settings.settle_batch_size
+        self.max_batch = self.base_batch * GROWTH_LIMIT
+        self.batch = self.base_batch
         self.claim_idle_ms = int(deps.settings.settle_claim_idle_seconds * 1000)
         self.settled = 0
 
@@ -47,6 +52,7 @@ class UsageConsumer:
                     await self._ensure_group()
                     ready = True
                 entries = await self._claim_stale() or await self._read_new()
+                self._adapt(len(entries))
                 if entries:
                     await self._settle(entries)
                 backoff = 0.1
@@ -59,6 +65,11 @@ class UsageConsumer:
                 log.warning("settle_batch_failed", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _adapt(self, read: int) -> None:
+        """Read twice as many next time after a full read, up to `max_batch`;
+        back to `settle_batch_size` once the backlog is gone."""
+        self.batch = min(self.batch * 2, self.max_batch) if read >= self.batch else self.base_batch
 
     async def _ensure_group(self) -> None:
         try:
@@ -93,7 +104,7 @@ class UsageConsumer:
             await settle_batch(self.deps, list(events.values()))
             done += list(events)
         except (UnpricedModel, LookupError):
-            done += await self._settle_one_by_one(events)
+            done += await self._settle_halves(events)
         if done:
             pipe = self.redis.pipeline(transaction=False)
             pipe.xack(USAGE_STREAM, GROUP, *done)
@@ -101,16 +112,26 @@ class UsageConsumer:
             await pipe.execute()
             self.settled += len(done)
 
-    async def _settle_one_by_one(self, events: dict[bytes, UsageEvent]) -> list[bytes]:
-        done = []
-        for entry_id, event in events.items():
-            try:
-                await settle_batch(self.deps, [event])
-                done.append(entry_id)
-            except (UnpricedModel, LookupError) as exc:
-                await self._dead_letter(entry_id, {b"e": event.to_json().encode()}, str(exc))
-                done.append(entry_id)
-        return done
+    async def _settle_halves(self, events: dict[bytes, UsageEvent]) -> list[bytes]:
+        """A batch holds an event that cannot be settled: settle each half, and
+        split a half that fails again, down to the single event, which goes to
+        the dead letters. A few transactions per bad event, not one per event."""
+        items = list(events.items())
+        half = len(items) // 2
+        return await self._settle_apart(dict(items[:half])) + await self._settle_apart(
+            dict(items[half:])
+        )
+
+    async def _settle_apart(self, events: dict[bytes, UsageEvent]) -> list[bytes]:
+        try:
+            await settle_batch(self.deps, list(events.values()))
+            return list(events)
+        except (UnpricedModel, LookupError) as exc:
+            if len(events) > 1:
+                return await self._settle_halves(events)
+            ((entry_id, event),) = events.items()
+            await self._dead_letter(entry_id, {b"e": event.to_json().encode()}, str(exc))
+            return [entry_id]
 
     async def _dead_letter(self, entry_id: bytes, fields: dict, reason: str) -> None:
         """Keep an event that cannot be settled for the operator, out of the way of

@@ -57,7 +57,13 @@ def build_message(settings: Settings, rule: str, text: str, recipients: list[str
 
 
 async def send_pending(pg, settings: Settings, limit: int = 100) -> int:
-    """Mail every alert not yet sent; returns how many were sent."""
+    """Mail every alert not yet sent; returns how many were sent. The alerts
+    stay locked until they are marked, so concurrent workers mail each once."""
+    async with pg.acquire() as conn, conn.transaction():
+        return await _send_locked(conn, settings, limit)
+
+
+async def _send_locked(pg, settings: Settings, limit: int) -> int:
     rows = await db_alerts.unsent(pg, limit)
     if not rows:
         return 0

@@ -8,6 +8,12 @@ charges and move balances. After the commit one Redis round trip publishes the
 new balances and releases every hold of the batch, including the holds of
 events that were settled before: a worker that died between its commit and
 its Redis update leaves nothing behind.
+
+Daily counters: the new records carry their batch's id, and the transaction
+adds a row to `uncounted_batches`; after the commit the worker deletes that row
+(its claim) and counts. A redelivered event whose batch row is still there
+(its worker died in between) claims and counts that whole batch; no record is
+rewritten after its insert.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from shared.config import Settings
 from shared.events import UsageEvent
 from shared.pricing import cost_usd
 from worker import batch_sql
-from worker.alerts import Payer, check_after_batch
+from worker.alerts import Charge, Payer, check_after_batch
+from worker.redis_batch import BatchPublisher
 
 log = structlog.get_logger("meterway.settle")
 
@@ -49,6 +56,12 @@ class SettleDeps:
     view: BalanceView
     redis: Redis
     settings: Settings
+    publisher: BatchPublisher | None = None  # made on first use
+
+    def batch_publisher(self) -> BatchPublisher:
+        if self.publisher is None:
+            self.publisher = BatchPublisher(self.redis)
+        return self.publisher
 
 
 def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
@@ -82,7 +95,8 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
             )
             for e in events
         }
-        new_ids = await batch_sql.insert_usage(conn, events, costs)
+        inserted = await batch_sql.insert_usage(conn, events, costs)
+        new_ids = inserted.records
         charged = [e for e in events if e.request_id in new_ids]
         balances = await batch_sql.charge(conn, charged, costs, users)
     settlements = [
@@ -92,7 +106,7 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
         for e in events
     ]
     await _publish(deps, events, balances)
-    await _count_and_alert(deps, events, users, balances)
+    await _count_and_alert(deps, events, inserted, costs, users, balances)
     log.info("settled", events=len(events), charged=len(charged))
     return settlements
 
@@ -105,28 +119,65 @@ async def _publish(
     deps: SettleDeps, events: list[UsageEvent], balances: dict[int, tuple[Decimal, int]]
 ) -> None:
     """New balance views and hold releases for the whole batch, one round trip."""
-    pipe = deps.redis.pipeline(transaction=False)
-    published: set[int] = set()
+    request_ids: dict[int, list[str]] = {}
     for event in events:
-        if event.user_id in published:
-            await deps.view.release_in(pipe, event.user_id, event.request_id)
-            continue
-        balance, version = balances[event.user_id]
-        await deps.view.publish_in(pipe, event.user_id, balance, version, event.request_id)
-        published.add(event.user_id)
-    await pipe.execute()
+        request_ids.setdefault(event.user_id, []).append(event.request_id)
+    await deps.batch_publisher().publish(request_ids, balances)
 
 
-async def _count_and_alert(deps, events, users, balances) -> None:
+async def _count_and_alert(
+    deps: SettleDeps,
+    events: list[UsageEvent],
+    inserted: batch_sql.Inserted,
+    costs: dict[str, Decimal],
+    users: dict[int, asyncpg.Record],
+    balances: dict[int, tuple[Decimal, int]],
+) -> None:
     """Daily counters and alerts, once per record: a batch retried after a crash
     between its commit and this point counts what the first try did not."""
     try:
-        uncounted = await batch_sql.claim_counting(deps.pg, [e.request_id for e in events])
+        charges = await _claim_charges(deps, events, inserted, costs)
     except Exception:
         log.exception("counting_claim_failed")
         return
-    if not uncounted:
+    if not charges:
         return
+    try:
+        payers = await _payers(deps, charges, users, balances)
+        await check_after_batch(deps.pg, deps.redis, deps.settings, charges, payers)
+    except Exception:  # counters and alerts must never undo a settlement
+        log.exception("alert_check_failed")
+
+
+async def _claim_charges(
+    deps: SettleDeps,
+    events: list[UsageEvent],
+    inserted: batch_sql.Inserted,
+    costs: dict[str, Decimal],
+) -> list[Charge]:
+    """The records this worker counts: the batch's new ones, unless a redelivery
+    claimed them first, and whatever is uncounted of the ones that existed."""
+    charges = []
+    if inserted.batch is not None and await batch_sql.claim_batch(deps.pg, inserted.batch):
+        charges = [
+            Charge.of(e, costs[e.request_id]) for e in events if e.request_id in inserted.records
+        ]
+    seen = [e.request_id for e in events if e.request_id not in inserted.records]
+    if seen:
+        charges += [
+            Charge.of_record(row) for row in await batch_sql.claim_redelivered(deps.pg, seen)
+        ]
+    return charges
+
+
+async def _payers(
+    deps: SettleDeps,
+    charges: list[Charge],
+    users: dict[int, asyncpg.Record],
+    balances: dict[int, tuple[Decimal, int]],
+) -> dict[int, Payer]:
+    """Alert settings of every counted user: read under the batch's lock, or (a
+    user only in a claimed redelivered batch) now."""
     payers = {
         user_id: Payer(
             user_id,
@@ -137,13 +188,15 @@ async def _count_and_alert(deps, events, users, balances) -> None:
         )
         for user_id, row in users.items()
     }
-    try:
-        await check_after_batch(
-            deps.pg,
-            deps.redis,
-            deps.settings,
-            [(e, uncounted[e.request_id]) for e in events if e.request_id in uncounted],
-            payers,
+    others = sorted({c.user_id for c in charges} - payers.keys())
+    if not others:
+        return payers
+    for row in await batch_sql.alert_settings(deps.pg, others):
+        payers[row["id"]] = Payer(
+            row["id"],
+            row["email"],
+            row["daily_alert_usd"],
+            row["low_balance_usd"],
+            row["balance_usd"],
         )
-    except Exception:  # counters and alerts must never undo a settlement
-        log.exception("alert_check_failed")
+    return payers

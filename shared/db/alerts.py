@@ -32,9 +32,12 @@ async def record(
 
 
 async def unsent(conn: Conn, limit: int = 100) -> list:
+    """Alerts not mailed yet, locked for this transaction: a second mailer
+    (another worker) skips them instead of mailing them again."""
     return await conn.fetch(
         "SELECT id, rule, subject, message, recipients FROM alerts"
-        " WHERE emailed_at IS NULL AND email_error IS NULL ORDER BY id LIMIT $1",
+        " WHERE emailed_at IS NULL AND email_error IS NULL ORDER BY id LIMIT $1"
+        " FOR UPDATE SKIP LOCKED",
         limit,
     )
 
