@@ -133,3 +133,16 @@ async def test_one_unpriced_event_in_a_big_batch_goes_alone_to_the_dead_letters(
     dead = await redis.xrevrange(redis_keys.USAGE_DEAD_LETTERS, count=50)
     mine = [f for _, f in dead if bad.request_id.encode() in f[b"e"]]
     assert len(mine) == 1 and b"no-such-model" in mine[0][b"reason"]
+
+
+def test_batches_grow_under_a_backlog_and_shrink_after_it():
+    settings = type("S", (), {"settle_batch_size": 500, "settle_claim_idle_seconds": 30})()
+    deps = type("D", (), {"settings": settings})()
+    consumer = UsageConsumer(deps, redis=None)  # type: ignore[arg-type]
+    sizes = []
+    for _ in range(5):  # every read comes back full
+        consumer._adapt(consumer.batch)
+        sizes.append(consumer.batch)
+    assert sizes == [1000, 2000, 4000, 4000, 4000]
+    consumer._adapt(12)  # the backlog is gone
+    assert consumer.batch == 500

@@ -29,7 +29,7 @@ log = structlog.get_logger("meterway.consumer")
 Entry = tuple[bytes, dict[bytes, bytes]]
 # Under a backlog (every read comes back full) batches double up to this many
 # times `settle_batch_size`: Postgres spends much less per event in big batches.
-GROWTH_LIMIT = 4
+GROWTH_LIMIT = 8
 
 
 class UsageConsumer:
