@@ -3,6 +3,8 @@ answers unchanged, usage metered, money settled exactly."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from decimal import Decimal
 
 import pytest
@@ -217,3 +219,18 @@ async def test_account_and_usage_endpoints(proxy_url, accounts, pg, catalog_path
     assert rec["endpoint"] == "chat/completions" and rec["provider"] == "openai"
     assert rec["status"] == "settled" and rec["estimated"] is False
     assert rec["input_tokens"] == usage.prompt_tokens
+
+
+async def test_stream_events_reach_the_client_as_upstream_sends_them(proxy_url, accounts, pg):
+    """Never buffered: with 300 ms between upstream events, each content chunk
+    reaches the SDK about 300 ms after the previous one, not all at the end."""
+    acct = await accounts.create("10")
+    slow = client(proxy_url, acct.key, **{"x-sim-chunks": "4", "x-sim-delay-ms": "300"})
+    loop = asyncio.get_running_loop()
+    stream = await slow.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    arrivals = [
+        loop.time() async for chunk in stream if chunk.choices and chunk.choices[0].delta.content
+    ]
+    assert len(arrivals) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert all(gap > 0.2 for gap in gaps), gaps
