@@ -21,7 +21,7 @@ from shared import redis_keys
 from shared.balance_view import RateLimit
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
-from shared.events import TokenUsage, UsageEvent
+from shared.events import EncodedUsageEvent, TokenUsage, UsageEvent
 from shared.money import units_ceil
 from shared.pricing import cost_usd, hold_usd
 
@@ -161,7 +161,7 @@ async def _serve(
     usage, estimated = billed_usage(result, prompt_tokens)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
-    event = UsageEvent(
+    event = UsageEvent.encode(
         request_id=request_id,
         user_id=owner.user_id,
         api_key_id=owner.api_key_id,
@@ -206,7 +206,7 @@ async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
 
 
 async def deliver(
-    gw: Gateway, event: UsageEvent, pending_units: int, rate_window: str | None = None
+    gw: Gateway, event: EncodedUsageEvent, pending_units: int, rate_window: str | None = None
 ) -> None:
     """Enqueue for settlement; when Redis fails, spool the event to Postgres,
     where the worker settles it from. Only both failing loses it, loudly."""

@@ -17,7 +17,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 
 from shared import redis_keys
-from shared.events import UsageEvent
+from shared.events import EncodedUsageEvent, UsageEvent
 from shared.script_runner import LuaScript, ScriptRunner
 
 # A pending charge waits this long for its settlement before the reaper frees it.
@@ -57,13 +57,16 @@ class UsageQueue:
         self._runner = runner
 
     async def enqueue(
-        self, event: UsageEvent, pending_units: int, rate_window: str | None = None
+        self,
+        event: UsageEvent | EncodedUsageEvent,
+        pending_units: int,
+        rate_window: str | None = None,
     ) -> None:
         """Append the event and make its hold a pending charge of `pending_units`;
         with `rate_window`, count its tokens against the key's per-minute limit.
         Appending an event twice is harmless: settlement is idempotent."""
         user = event.user_id
-        tokens = event.usage.input_tokens + event.usage.output_tokens if rate_window else 0
+        tokens = event.token_count if rate_window else 0
         keys = [
             redis_keys.USAGE_STREAM,
             *redis_keys.user_keys(user),

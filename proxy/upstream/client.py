@@ -89,6 +89,10 @@ class UpstreamClient:
         self._ssl = ssl_context
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
         self._closed = False
+        # read timeouts: one sweep over the busy connections, not a timer per request
+        self._busy: set[UpstreamConnection] = set()
+        self._sweep_every = min(1.0, read_timeout / 4)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def post(
         self, target: Target, headers: list[tuple[str, str]], body: bytes
@@ -114,8 +118,30 @@ class UpstreamClient:
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
+    def track(self, conn: UpstreamConnection) -> None:
+        """`conn` waits for an answer: watch it for the read timeout."""
+        self._busy.add(conn)
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+
+    def untrack(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._busy):
+            conn.check_timeout(now)
+        if self._busy and not self._closed:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -2,8 +2,8 @@
 
 An `asyncio.Protocol` fed straight by the event loop: bytes go into llhttp
 (`httptools`) and come out as status, headers and body chunks on the current
-`UpstreamResponse`. There is no reader task and no per-chunk timer: the read
-timeout is one lazy timer that re-arms itself while data keeps arriving.
+`UpstreamResponse`. There is no reader task and no timer per request or chunk:
+the client sweeps its busy connections for read timeouts (`check_timeout`).
 """
 
 from __future__ import annotations
@@ -152,7 +152,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._keep_alive = False
         self._last_data = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._paused = False
 
     # -- used by the client -----------------------------------------------
@@ -169,7 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._keep_alive = False
         self._last_data = self._loop.time()
-        self._arm_timer(self._last_data + self._read_timeout)
+        self.client.track(self)
         self.transport.write(request)
         return waiter
 
@@ -177,7 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
         if response is not self._response:
             return
         self._response = None
-        self._cancel_timer()
+        self.client.untrack(self)
         if reusable and not self.closed and self._keep_alive:
             self.used = True
             self.client.give_back(self)
@@ -186,7 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
-        self._cancel_timer()
+        self.client.untrack(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -216,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self.client.untrack(self)
         response = self._response
         if response is None or response._complete:
             return
@@ -251,7 +250,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        self._cancel_timer()
         self._keep_alive = self._parser.should_keep_alive()  # reset once this returns
         self._response._end()
 
@@ -268,25 +266,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._response._fail(error)
         self.close()
 
-    def _arm_timer(self, when: float) -> None:
-        self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self) -> None:
-        """Fires at most once per read timeout; re-arms while data flows or
-        while reading is paused for a slow client."""
-        self._timer = None
+    def check_timeout(self, now: float) -> None:
+        """Break the exchange when the provider has sent nothing for the read
+        timeout; time spent paused for a slow client does not count."""
         if self._response is None or self._response._complete:
             return
-        now = self._loop.time()
-        if self._paused:  # waiting for our client, not for the provider
+        if self._paused:
             self._last_data = now
-        due = self._last_data + self._read_timeout
-        if due > now:
-            self._arm_timer(due)
-            return
-        self._break(ReadTimeout(f"upstream sent nothing for {self._read_timeout:g} s"))
+        elif now - self._last_data >= self._read_timeout:
+            self._break(ReadTimeout(f"upstream sent nothing for {self._read_timeout:g} s"))
