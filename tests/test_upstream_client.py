@@ -251,6 +251,46 @@ async def test_a_slow_reader_pauses_the_upstream_and_loses_nothing() -> None:
         await http.close()
 
 
+async def test_a_large_whole_body_is_read_to_its_end() -> None:
+    payload = b"x" * (3 * 1024 * 1024)  # far above the pause threshold
+
+    async def handler(reader, writer) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(payload))
+            await writer.drain()
+
+    async with raw_server(handler) as (url, accepted):
+        http = client(read_timeout=1.0)
+        for _ in range(2):  # and the connection is fit for the next request
+            response = await http.post(parse_target(url), [], b"{}")
+            await asyncio.sleep(0.2)  # let the provider fill our buffers first
+            assert await asyncio.wait_for(response.read(), 5) == payload
+            response.release()
+        await http.close()
+    assert len(accepted) == 1
+
+
+async def test_bytes_after_a_complete_answer_close_the_connection() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(answer(b"{}") + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with raw_server(handler) as (url, accepted):
+        http = client()
+        response = await http.post(parse_target(url), [], b"{}")
+        assert await response.read() == b"{}"
+        assert response.status == 200 and response.headers["content-type"] == "application/json"
+        response.release()
+        response = await http.post(parse_target(url), [], b"{}")  # on a new connection
+        assert await response.read() == b"{}"
+        response.release()
+        await http.close()
+    assert len(accepted) == 2
+
+
 async def test_malformed_http_is_a_broken_connection() -> None:
     async def handler(reader, writer) -> None:
         await read_request(reader)

@@ -36,6 +36,7 @@ class UpstreamResponse:
         "_headers_waiter",
         "_released",
         "_waiter",
+        "_whole",
         "headers",
         "status",
     )
@@ -51,6 +52,7 @@ class UpstreamResponse:
         self._waiter: asyncio.Future | None = None
         self._headers_waiter = headers_waiter
         self._released = False
+        self._whole = False  # read() wants it all: never pause the provider
 
     @property
     def content_type(self) -> str:
@@ -60,6 +62,8 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
+        self._whole = True
+        self._conn.resume_if_paused()
         while not self._complete:
             await self._wait()
         body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
@@ -178,6 +182,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._response = None
         self.client.untrack(self)
         if reusable and not self.closed and self._keep_alive:
+            self.resume_if_paused()
             self.used = True
             self.client.give_back(self)
         else:
@@ -200,8 +205,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._response is None:  # nothing asked: the peer is confused
-            self.close()
+        if self._response is None or self._response._complete:
+            self.close()  # bytes nobody asked for: the peer is confused
             return
         self._got_bytes = True
         self._last_data = self._loop.time()
@@ -233,6 +238,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._response is None or self._response._complete:
+            # a second answer to one request: stop here; the first stays whole
+            raise ConnectionBroken("upstream sent more than one answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_list.append((name, value))
 
@@ -244,8 +254,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._response._headers_ready(self._parser.get_status_code(), headers)
 
     def on_body(self, body: bytes) -> None:
-        buffered = self._response._feed(body)
-        if buffered > _PAUSE_ABOVE and not self._paused:
+        response = self._response
+        buffered = response._feed(body)
+        if buffered > _PAUSE_ABOVE and not self._paused and not response._whole:
             self._paused = True
             self.transport.pause_reading()
 
