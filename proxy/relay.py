@@ -53,6 +53,7 @@ _DROP_REQUEST_HEADERS = frozenset(
         "transfer-encoding",
         "upgrade",
         "cookie",
+        "expect",  # the body is sent whole at once; a 100 Continue would be noise
         "accept-encoding",
         "content-type",
         # these scope a request to an OpenAI account: the provider key's, not the client's

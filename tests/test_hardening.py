@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import aiohttp
 import pytest
 
 from proxy.handlers import prompt_estimate
@@ -37,6 +38,19 @@ async def test_client_account_headers_are_not_forwarded(proxy_url, accounts, ups
     sent = upstream.recorded()[-1]["headers"]
     assert "openai-organization" not in sent
     assert sent["openai-beta"] == "x=1"
+
+
+async def test_expect_100_continue_like_curl_sends_for_big_bodies(proxy_url, accounts, upstream):
+    acct = await accounts.create("1")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 4000}]}
+    headers = {"Authorization": f"Bearer {acct.key}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{proxy_url}/v1/openai/chat/completions", json=body, headers=headers, expect100=True
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["object"] == "chat.completion"
+    assert "expect" not in upstream.recorded()[-1]["headers"]
 
 
 async def test_an_unreadable_usage_event_is_dead_lettered(redis):

@@ -291,6 +291,25 @@ async def test_bytes_after_a_complete_answer_close_the_connection() -> None:
     assert len(accepted) == 2
 
 
+async def test_interim_answers_are_skipped() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + answer(b'{"a":1}'))
+        await writer.drain()
+
+    async with raw_server(handler) as (url, _):
+        http = client()
+        response = await http.post(parse_target(url), [], b"{}")
+        assert response.status == 200
+        assert "link" not in response.headers
+        assert await response.read() == b'{"a":1}'
+        response.release()
+        await http.close()
+
+
 async def test_malformed_http_is_a_broken_connection() -> None:
     async def handler(reader, writer) -> None:
         await read_request(reader)

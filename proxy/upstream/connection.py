@@ -155,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._header_list: list[tuple[bytes, bytes]] = []
         self._got_bytes = False
         self._keep_alive = False
+        self._interim = False  # reading a 1xx answer; the real one follows
         self._last_data = 0.0
         self._paused = False
 
@@ -247,11 +248,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: the answer follows
+            self._interim = True
+            self._header_list = []
+            return
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in self._header_list
         }
-        self._response._headers_ready(self._parser.get_status_code(), headers)
+        self._response._headers_ready(status, headers)
 
     def on_body(self, body: bytes) -> None:
         response = self._response
@@ -261,6 +267,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._keep_alive = self._parser.should_keep_alive()  # reset once this returns
         self._response._end()
 
