@@ -23,6 +23,8 @@ import aiohttp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024**2
+GIB = 1024**3
 _METERWAY_MAIN = "import sys; from meterway.cli import main; sys.exit(main())"
 
 
