@@ -28,6 +28,7 @@ from shared.pricing import cost_usd, hold_usd
 log = structlog.get_logger("meterway.proxy")
 
 _ENQUEUE_ATTEMPTS = 3
+_SEND_FIRST_BYTES = 48 * 1024
 
 
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=]{512,}")
@@ -157,7 +158,6 @@ async def _serve(
         await release_quietly(gw, owner.user_id, request_id)
         return result.response
 
-    await send_now(request, result.response)  # the client need not wait for the enqueue
     usage, estimated = billed_usage(result, prompt_tokens)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
@@ -180,11 +180,20 @@ async def _serve(
     pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
     window = limit.window_key if limit and limit.tpm else None
     try:
+        if fits_send_buffer(result.response):  # the client need not wait for the enqueue
+            await send_now(request, result.response)
         await deliver(gw, event, pending_units, window)
-    except asyncio.CancelledError:  # shutdown: enqueue again, to the end (idempotent)
+    except asyncio.CancelledError:  # shutdown: enqueue (again), to the end; idempotent
         gw.finish_in_background(deliver(gw, event, pending_units, window))
         raise
     return result.response
+
+
+def fits_send_buffer(response: web.StreamResponse) -> bool:
+    """A whole answer small enough that sending it never waits for the client to
+    read (aiohttp waits above 64 KiB buffered): billing must not wait on them."""
+    body = getattr(response, "body", None)
+    return not response.prepared and isinstance(body, bytes) and len(body) <= _SEND_FIRST_BYTES
 
 
 async def send_now(request: web.Request, response: web.StreamResponse) -> None:

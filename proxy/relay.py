@@ -138,8 +138,14 @@ class Relay:
     async def run(self) -> RelayResult:
         response, key = await self._send_with_failover()
         if response.status >= 400:
-            body = await response.read()
-            response.release()
+            try:
+                body = await response.read()
+            except TimeoutError as exc:
+                raise ProxyError(504, "Upstream timed out") from exc
+            except UpstreamError as exc:
+                raise ProxyError(502, "Upstream connection broke") from exc
+            finally:
+                response.release()
             answer = web.Response(
                 status=response.status,
                 body=body,
@@ -180,8 +186,12 @@ class Relay:
                 response.release()
                 await self._disable(key, response.status)
                 continue
-            if response.status == 429:
-                await self._cool_down(key, _retry_after(response))
+            try:
+                if response.status == 429:
+                    await self._cool_down(key, _retry_after(response))
+            except BaseException:
+                response.release()
+                raise
             if response.status == 429 or response.status >= 500:
                 if not retried and self._another_key(provider, tried):
                     response.release()

@@ -8,8 +8,9 @@ import base64
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from proxy.handlers import prompt_estimate
+from proxy.handlers import fits_send_buffer, prompt_estimate
 from shared import redis_keys
 from tests.clients import openai_client
 
@@ -25,6 +26,13 @@ def test_base64_payloads_do_not_inflate_the_prompt_estimate():
     assert len(body) > 1_000_000
     assert prompt_estimate(body) < 100
     assert prompt_estimate(b'{"model":"gpt-4o"}') == len(b'{"model":"gpt-4o"}') // 4 + 1
+
+
+def test_only_small_whole_answers_are_sent_before_billing():
+    """A big answer to a client that stops reading must not hold up the enqueue."""
+    assert fits_send_buffer(web.Response(body=b"x" * 1000))
+    assert not fits_send_buffer(web.Response(body=b"x" * 1_000_000))
+    assert not fits_send_buffer(web.StreamResponse())
 
 
 async def test_client_account_headers_are_not_forwarded(proxy_url, accounts, upstream):

@@ -711,3 +711,36 @@ def test_block_fast_path_counts_like_event_by_event():
         for event in events:
             one_by_one.on_event(event)
         assert one_by_one.deltas == expected
+
+
+@pytest.mark.parametrize(
+    "usage_json",
+    [
+        '"usage" : {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}',
+        '"usage":  {"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}',
+        '"usage":\ndata: {"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}',
+    ],
+    ids=["spaced", "two-spaces", "split-over-data-lines"],
+)
+def test_chat_usage_is_found_however_it_is_spaced(usage_json):
+    _, prepared = chat_prepared({"model": "gpt-4o", "messages": [], "stream": True})
+    head = b"".join(sse(chat_chunk({"content": f"t{i}"})) for i in range(3))
+    usage_chunk = (
+        'data: {"id":"c","object":"chat.completion.chunk","choices":[],' + usage_json + "}\n\n"
+    ).encode()
+    done = b"data: [DONE]\n\n"
+    for pieces in ([head + usage_chunk + done], [head, usage_chunk, done]):
+        scanner = OpenAIChat().scanner(prepared)
+        out = run(scanner, pieces)
+        assert out == head + done  # the injected usage chunk stays hidden
+        assert scanner.usage == TokenUsage(uncached_input_tokens=9, output_tokens=4)
+        assert scanner.deltas == 3 and scanner.complete
+
+
+def test_a_long_event_in_many_pieces_is_scanned_once_whole():
+    scanner = OpenAIChat().scanner(chat_prepared({"stream": True})[1])
+    event = sse(chat_chunk({"content": "x" * 200_000}))
+    pieces = [event[i : i + 100] for i in range(0, len(event), 100)]
+    out = run(scanner, [*pieces, b"data: [DONE]\n\n"])
+    assert out == event + b"data: [DONE]\n\n"
+    assert scanner.deltas == 1 and scanner.complete

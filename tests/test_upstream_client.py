@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -307,6 +309,46 @@ async def test_interim_answers_are_skipped() -> None:
         assert "link" not in response.headers
         assert await response.read() == b'{"a":1}'
         response.release()
+        await http.close()
+
+
+async def test_truncated_answers_are_never_taken_as_complete() -> None:
+    async def chunked_cut(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+
+    async def reset_without_length(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"partial')
+        await writer.drain()
+        linger = struct.pack("ii", 1, 0)  # close with a reset, not a clean end
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        writer.transport.abort()
+
+    for handler in (chunked_cut, reset_without_length):
+        async with raw_server(handler) as (url, _):
+            http = client()
+            response = await http.post(parse_target(url), [], b"{}")
+            with pytest.raises(ConnectionBroken):
+                await response.read()
+            response.release()
+            await http.close()
+
+
+async def test_an_upgrade_answer_is_a_broken_connection() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with raw_server(handler) as (url, _):
+        http = client(read_timeout=3)
+        with pytest.raises(ConnectionBroken):
+            await asyncio.wait_for(http.post(parse_target(url), [], b"{}"), 2)
         await http.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from proxy.providers.base import PreparedBody, int_field
 from proxy.providers.sse import StreamScanner, event_json
 from shared.events import TokenUsage
@@ -22,6 +24,9 @@ def usage_from_anthropic(usage: dict | None) -> TokenUsage | None:
     )
 
 
+_BLOCK_DELTA = re.compile(rb'"type"\s*:\s*"content_block_delta"')
+
+
 class MessagesScanner(StreamScanner):
     """`message_start` carries the input usage; `message_delta` the final output
     count (and, in newer API versions, the input fields again)."""
@@ -33,7 +38,7 @@ class MessagesScanner(StreamScanner):
     rare = (b"message_start", b"message_delta", b"message_stop", b"event: error")
 
     def count_deltas(self, events: bytes) -> int:
-        return events.count(b'"type":"content_block_delta"')
+        return len(_BLOCK_DELTA.findall(events))
 
     def on_event(self, event: bytes) -> bool:
         if b"content_block_delta" in event:

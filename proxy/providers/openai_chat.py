@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from proxy.providers.base import PreparedBody, int_field
@@ -24,6 +26,8 @@ def usage_from_openai(usage: dict | None, input_name: str, output_name: str) -> 
 
 
 _NULL_USAGE = (b'"usage":null', b'"usage": null')
+# a usage object, however spaced (even split over two `data:` lines)
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:(?:\s|data:)*\{')
 
 
 def _carries_output(event: bytes) -> bool:
@@ -47,7 +51,7 @@ def _output_deltas(block: bytes) -> int:
 
 class ChatScanner(StreamScanner):
     # the end, a usage object that is not null, an error
-    rare = (b"[DONE]", b'"usage":{', b'"usage": {', b'"error"')
+    rare = (b"[DONE]", _USAGE_OBJECT, b'"error"')
 
     def count_deltas(self, events: bytes) -> int:
         return _output_deltas(events)

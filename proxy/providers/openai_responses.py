@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from proxy.providers.base import PreparedBody
 from proxy.providers.openai_chat import usage_from_openai
 from proxy.providers.sse import StreamScanner, event_json
@@ -9,13 +11,15 @@ from shared.events import TokenUsage
 
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
 _FINAL_BYTES = tuple(name.encode() for name in _FINAL)
+_ERROR_TYPE = re.compile(rb'"type"\s*:\s*"error"')
+_TEXT_DELTA = re.compile(rb'"type"\s*:\s*"response\.output_text\.delta"')
 
 
 class ResponsesScanner(StreamScanner):
-    rare = (*_FINAL_BYTES, b"event: error", b'"type":"error"')
+    rare = (*_FINAL_BYTES, b"event: error", _ERROR_TYPE)
 
     def count_deltas(self, events: bytes) -> int:
-        return events.count(b'"type":"response.output_text.delta"')
+        return len(_TEXT_DELTA.findall(events))
 
     def on_event(self, event: bytes) -> bool:
         if b"response.output_text.delta" in event:
@@ -29,7 +33,7 @@ class ResponsesScanner(StreamScanner):
                         response.get("usage"), "input_tokens", "output_tokens"
                     )
                 self.complete = True
-        elif event.startswith(b"event: error") or b'"type":"error"' in event:
+        elif event.startswith(b"event: error") or _ERROR_TYPE.search(event):
             self.error_event = True
         return True
 

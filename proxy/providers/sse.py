@@ -10,6 +10,8 @@ whole events are forwarded, minus the hidden ones.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from shared.events import TokenUsage
@@ -89,7 +91,7 @@ class StreamScanner:
     path: the output deltas of a block are counted in one pass, and only the
     events holding a rare marker go through `on_event`."""
 
-    rare: tuple[bytes, ...] | None = None
+    rare: tuple[bytes | re.Pattern[bytes], ...] | None = None
 
     def __init__(self, *, filtering: bool = False) -> None:
         self.filtering = filtering
@@ -135,7 +137,11 @@ class StreamScanner:
     def _next_rare(self, block: bytes, pos: int) -> int:
         found = -1
         for marker in self.rare:
-            at = block.find(marker, pos)
+            if isinstance(marker, bytes):
+                at = block.find(marker, pos)
+            else:
+                match = marker.search(block, pos)
+                at = match.start() if match else -1
             if at != -1 and (found == -1 or at < found):
                 found = at
         return found
@@ -149,7 +155,12 @@ class StreamScanner:
         """Take upstream bytes; return the bytes to send to the client now:
         the chunk itself, or, when filtering, the whole events kept so far."""
         if self._rest:
+            searched = max(len(self._rest) - 3, 0)  # a blank line may straddle the cut
             self._rest += chunk
+            if self._rest.find(b"\n\n", searched) == -1 and (
+                self._rest.find(b"\r\n\r\n", searched) == -1
+            ):  # still no whole event: no copy, no rescan
+                return b"" if self.filtering else chunk
             data = bytes(self._rest)
             self._rest.clear()
         else:

@@ -134,6 +134,7 @@ class UpstreamClient:
         now = loop.time()
         for conn in list(self._busy):
             conn.check_timeout(now)
+        self._prune_idle()
         if self._busy and not self._closed:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
@@ -154,6 +155,18 @@ class UpstreamClient:
         except BaseException:
             conn.close()
             raise
+
+    def _prune_idle(self) -> None:
+        """Close idle connections that aged out or that the provider closed."""
+        oldest_usable = time.monotonic() - self._keepalive
+        for origin, idle in self._idle.items():
+            keep = []
+            for conn in idle:
+                if not conn.closed and conn.idle_since > oldest_usable:
+                    keep.append(conn)
+                else:
+                    conn.close()
+            self._idle[origin] = keep
 
     def _idle_connection(self, origin: Origin) -> UpstreamConnection | None:
         idle = self._idle.get(origin)

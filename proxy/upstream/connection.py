@@ -213,8 +213,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_data = self._loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._break(ConnectionBroken(f"malformed HTTP from upstream: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._break(ConnectionBroken(f"malformed HTTP from upstream: {exc!r}"))
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -225,8 +225,8 @@ class UpstreamConnection(asyncio.Protocol):
         response = self._response
         if response is None or response._complete:
             return
-        if self._body_until_close() and response.status:
-            response._end()  # an answer without length ends with its connection
+        if exc is None and response.status and self._body_until_close():
+            response._end()  # an answer without length ends when its connection closes cleanly
             return
         reason = "upstream closed the connection before the answer was complete"
         response._fail(ConnectionBroken(reason, before_response=not self._got_bytes))
@@ -277,8 +277,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _body_until_close(self) -> bool:
         headers = self._response.headers
-        return "content-length" not in headers and "chunked" not in headers.get(
-            "transfer-encoding", ""
+        return (
+            "content-length" not in headers
+            and "chunked" not in headers.get("transfer-encoding", "").lower()
         )
 
     def _break(self, error: UpstreamError) -> None:
