@@ -117,6 +117,18 @@ def _answer_headers(response: UpstreamResponse, request_id: str) -> dict[str, st
     return headers
 
 
+async def read_whole(response: UpstreamResponse) -> bytes:
+    """The whole body of an answer, which is released whatever happens."""
+    try:
+        return await response.read()
+    except TimeoutError as exc:
+        raise ProxyError(504, "Upstream timed out") from exc
+    except UpstreamError as exc:
+        raise ProxyError(502, "Upstream connection broke") from exc
+    finally:
+        response.release()
+
+
 class Relay:
     def __init__(
         self,
@@ -138,14 +150,7 @@ class Relay:
     async def run(self) -> RelayResult:
         response, key = await self._send_with_failover()
         if response.status >= 400:
-            try:
-                body = await response.read()
-            except TimeoutError as exc:
-                raise ProxyError(504, "Upstream timed out") from exc
-            except UpstreamError as exc:
-                raise ProxyError(502, "Upstream connection broke") from exc
-            finally:
-                response.release()
+            body = await read_whole(response)
             answer = web.Response(
                 status=response.status,
                 body=body,
@@ -258,14 +263,7 @@ class Relay:
         )
 
     async def _whole(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:
-        try:
-            body = await response.read()
-        except TimeoutError as exc:
-            raise ProxyError(504, "Upstream timed out") from exc
-        except UpstreamError as exc:
-            raise ProxyError(502, "Upstream connection broke") from exc
-        finally:
-            response.release()
+        body = await read_whole(response)
         usage = None
         with contextlib.suppress(orjson.JSONDecodeError):
             parsed = orjson.loads(body)
