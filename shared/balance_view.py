@@ -97,6 +97,35 @@ return 1
 """
 
 
+# After a settled batch (worker): release every listed hold and publish the balance
+# when its version is newer, in one call per user; what _PUBLISH and _RELEASE do
+# one request at a time. KEYS: bal, holds, holdexp. ARGV: units, version, request ids...
+_PUBLISH_MANY = """
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids > 0 then
+  local amounts = redis.call('HMGET', KEYS[2], unpack(ids))
+  local present = {}
+  for i, rid in ipairs(ids) do
+    local units = amounts[i]
+    if units then
+      present[#present + 1] = rid
+      if units ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. units) end
+    end
+  end
+  if #present > 0 then redis.call('HDEL', KEYS[2], unpack(present)) end
+  redis.call('ZREM', KEYS[3], unpack(ids))
+end
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if ver and tonumber(ver) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'units', ARGV[1], 'ver', ARGV[2])
+return 1
+"""
+
+# request ids per script call: far below Lua's limit on unpack() arguments
+_PUBLISH_MANY_CHUNK = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class HoldResult:
     placed: bool
@@ -124,6 +153,7 @@ class BalanceView:
         self._hold = redis.register_script(_HOLD)
         self._release = redis.register_script(_RELEASE)
         self._publish = redis.register_script(_PUBLISH)
+        self._publish_many = redis.register_script(_PUBLISH_MANY)
         self._reap = redis.register_script(_REAP)
         self._redis = redis
 
@@ -170,6 +200,23 @@ class BalanceView:
             args=[str(units_floor(balance_usd)), str(version), release_request_id],
             client=pipe,
         )
+
+    async def publish_many(
+        self,
+        request_ids: dict[int, list[str]],
+        balances: dict[int, tuple[Decimal, int]],
+    ) -> None:
+        """For each user: release the holds of `request_ids[user]` and publish
+        `balances[user]` (balance, version); one round trip for all of them."""
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id, ids in request_ids.items():
+            balance, version = balances[user_id]
+            head = [str(units_floor(balance)), str(version)]
+            keys = redis_keys.user_keys(user_id)
+            for start in range(0, len(ids), _PUBLISH_MANY_CHUNK):
+                args = head + ids[start : start + _PUBLISH_MANY_CHUNK]
+                await self._publish_many(keys=keys, args=args, client=pipe)
+        await pipe.execute()
 
     async def release_in(self, pipe, user_id: int, request_id: str) -> None:
         """`release`, queued on a pipeline."""

@@ -136,6 +136,10 @@ def settings(database_url: str, redis_url: str, upstream: Upstream, catalog_path
         meterway_secret_key=SECRET_KEY,
         max_request_bytes=1_000_000,
         settle_job_timeout=10,
+        # The in-process worker shares the database with the alert tests' own workers.
+        # Without an SMTP_URL its mailer would mark their alerts "not mailed"; with one
+        # that refuses at once it leaves them for the workers that can mail them.
+        smtp_url="smtp://127.0.0.1:9",
     )
 
 

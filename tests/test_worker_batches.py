@@ -18,7 +18,6 @@ from shared.events import TokenUsage, UsageEvent
 from worker import batch_sql
 from worker.alerts import Charge, record_daily
 from worker.consumer import UsageConsumer
-from worker.redis_batch import BatchPublisher
 from worker.settle import SettleDeps, settle_batch
 
 
@@ -47,8 +46,7 @@ async def test_batch_publish_releases_every_hold_and_keeps_the_newest_balance(ac
         assert (await view.hold(acct.user_id, rid, units, 60_000)).placed
     bal_key = redis_keys.balance(acct.user_id)
     version = int(await redis.hget(bal_key, "ver"))
-    publisher = BatchPublisher(redis)
-    await publisher.publish(
+    await view.publish_many(
         {acct.user_id: ["r1", "r2", "unknown"]}, {acct.user_id: (Decimal("4.5"), version + 1)}
     )
     assert await view.held_units(acct.user_id) == 250
@@ -56,7 +54,7 @@ async def test_batch_publish_releases_every_hold_and_keeps_the_newest_balance(ac
     assert await redis.zrange(redis_keys.hold_expiry(acct.user_id), 0, -1) == [b"r3"]
     assert await redis.hget(bal_key, "units") == b"4500000000"
     # an older version releases its holds but leaves the newer balance alone
-    await publisher.publish({acct.user_id: ["r3"]}, {acct.user_id: (Decimal("9"), version)})
+    await view.publish_many({acct.user_id: ["r3"]}, {acct.user_id: (Decimal("9"), version)})
     assert await view.held_units(acct.user_id) == 0
     assert await redis.hget(bal_key, "units") == b"4500000000"
 

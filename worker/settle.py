@@ -32,7 +32,6 @@ from shared.events import UsageEvent
 from shared.pricing import cost_usd
 from worker import batch_sql
 from worker.alerts import Charge, Payer, check_after_batch
-from worker.redis_batch import BatchPublisher
 
 log = structlog.get_logger("meterway.settle")
 
@@ -56,12 +55,6 @@ class SettleDeps:
     view: BalanceView
     redis: Redis
     settings: Settings
-    publisher: BatchPublisher | None = None  # made on first use
-
-    def batch_publisher(self) -> BatchPublisher:
-        if self.publisher is None:
-            self.publisher = BatchPublisher(self.redis)
-        return self.publisher
 
 
 def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
@@ -122,7 +115,7 @@ async def _publish(
     request_ids: dict[int, list[str]] = {}
     for event in events:
         request_ids.setdefault(event.user_id, []).append(event.request_id)
-    await deps.batch_publisher().publish(request_ids, balances)
+    await deps.view.publish_many(request_ids, balances)
 
 
 async def _count_and_alert(
