@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench import load, procs, world
+from bench.harness import child_env
 from bench.load import BODY, STREAM_BODY, Tally, Target
 from bench.procs import CpuSampler, Processes
 
@@ -35,21 +35,6 @@ KINDS = (
 
 def log(message: str) -> None:
     print(f"[ab] {message}", file=sys.stderr, flush=True)
-
-
-def child_env(w: world.World, sim_url: str, code_root: Path) -> dict[str, str]:
-    dropped = ("UPSTREAM_", "METERWAY", "DATABASE_URL", "REDIS_URL", "LOG_LEVEL", "PROXY_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    env.update(
-        PYTHONPATH=str(code_root),
-        DATABASE_URL=w.database_url,
-        REDIS_URL=w.redis_url,
-        UPSTREAM_OPENAI_BASE_URL=f"{sim_url}/openai/v1",
-        UPSTREAM_ANTHROPIC_BASE_URL=f"{sim_url}/anthropic/v1",
-        METERWAY_SECRET_KEY=world.SECRET_KEY,
-        LOG_LEVEL="WARNING",
-    )
-    return env
 
 
 async def start_proxy(processes: Processes, name: str, env: dict[str, str]) -> tuple[int, str]:

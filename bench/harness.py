@@ -47,6 +47,24 @@ def per(value: float, n: int) -> float:
     return value / n if n else float("nan")
 
 
+def child_env(w: world.World, sim_url: str, code_root: Path) -> dict[str, str]:
+    """Environment of the Meterway processes a benchmark starts: its database, its
+    Redis, the simulator as upstream, and the code found first under `code_root`."""
+    dropped = ("UPSTREAM_", "METERWAY", "DATABASE_URL", "REDIS_URL", "LOG_LEVEL", "PROXY_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    path = os.pathsep.join(p for p in (str(code_root), env.get("PYTHONPATH")) if p)
+    env.update(
+        PYTHONPATH=path,
+        DATABASE_URL=w.database_url,
+        REDIS_URL=w.redis_url,
+        UPSTREAM_OPENAI_BASE_URL=f"{sim_url}/openai/v1",
+        UPSTREAM_ANTHROPIC_BASE_URL=f"{sim_url}/anthropic/v1",
+        METERWAY_SECRET_KEY=world.SECRET_KEY,
+        LOG_LEVEL="WARNING",
+    )
+    return env
+
+
 class Bench:
     # set by connected(), and for the full run by bench.run before the phases
     pg: asyncpg.Pool
@@ -73,19 +91,7 @@ class Bench:
         self.redis_pid: int | None = None
 
     def _env(self) -> dict[str, str]:
-        dropped = ("UPSTREAM_", "METERWAY", "DATABASE_URL", "REDIS_URL", "LOG_LEVEL", "PROXY_")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-        path = os.pathsep.join(p for p in (str(procs.REPO_ROOT), env.get("PYTHONPATH")) if p)
-        env.update(
-            PYTHONPATH=path,
-            DATABASE_URL=self.world.database_url,
-            REDIS_URL=self.world.redis_url,
-            UPSTREAM_OPENAI_BASE_URL=f"{self.sim_url}/openai/v1",
-            UPSTREAM_ANTHROPIC_BASE_URL=f"{self.sim_url}/anthropic/v1",
-            METERWAY_SECRET_KEY=world.SECRET_KEY,
-            LOG_LEVEL="WARNING",
-        )
-        return env
+        return child_env(self.world, self.sim_url, procs.REPO_ROOT)
 
     @property
     def expected_records(self) -> int:

@@ -341,7 +341,7 @@ class Relay:
                 return
             except (UpstreamError, TimeoutError):
                 pass
-        response.close()
+        response.release()  # unfinished: closes the connection, so generation stops
 
     async def _end_broken_stream(self, answer: web.StreamResponse, scanner: StreamScanner) -> None:
         """Tell the client the stream ended badly, in the provider's own way."""

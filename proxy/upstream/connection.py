@@ -93,8 +93,6 @@ class UpstreamResponse:
         self._released = True
         self._conn.finish(self, reusable=self._complete and self._error is None)
 
-    close = release
-
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
