@@ -7,12 +7,12 @@ import contextlib
 import re
 import time
 
-import orjson
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from proxy.auth import presented_key
+from proxy.body import read_json
 from proxy.errors import ProxyError
 from proxy.providers import Adapter
 from proxy.relay import Relay, RelayResult
@@ -50,23 +50,6 @@ async def authenticate(gw: Gateway, request: web.Request, *, allow_x_api_key: bo
     if owner is None:
         raise ProxyError(401, "Invalid API key", code="invalid_api_key")
     return owner
-
-
-async def read_json(gw: Gateway, request: web.Request) -> tuple[dict, bytes]:
-    limit = gw.settings.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ProxyError(413, f"Request body is larger than {limit} bytes")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ProxyError(413, f"Request body is larger than {limit} bytes") from exc
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProxyError(400, f"Malformed JSON body: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ProxyError(400, "The request body must be a JSON object")
-    return body, raw
 
 
 def priced_model(gw: Gateway, adapter: Adapter, body: dict) -> tuple[str, ModelPrice]:

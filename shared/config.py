@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     settle_claim_idle_seconds: float = Field(default=30.0, gt=0)
     settle_lanes: int = Field(default=2, ge=1, le=16)
 
+    # Slow or huge clients (contract section 10).
+    client_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    client_body_timeout_seconds: float = Field(default=60.0, gt=0)
+    dashboard_session_max_hours: float = Field(default=12.0, gt=0)
+
     @field_validator("meterway_secret_key")
     @classmethod
     def _long_enough(cls, value: str | None) -> str | None:

@@ -8,6 +8,7 @@ units round in the conservative direction for the caller.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 UNITS_PER_USD = 1_000_000_000
@@ -54,3 +55,47 @@ def usd_str(amount: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+# --- amounts typed by people (CLI and dashboard): one parser for both -------------------
+
+_PLAIN_AMOUNT = re.compile(r"-?[0-9]+(?:\.[0-9]{1,12})?")
+_PLAIN_MULTIPLIER = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?")
+MAX_AMOUNT = Decimal(1_000_000_000)  # absolute value of one amount, exclusive
+MAX_MULTIPLIER = Decimal(1000)
+
+
+class AmountError(ValueError):
+    """An amount or multiplier that does not parse; the message is one line for people."""
+
+
+def parse_amount(text: str, what: str = "amount", *, negative: bool = True) -> Decimal:
+    """A plain decimal (`-?digits[.digits]`, at most 12 digits after the point),
+    absolute value below 1e9. No exponents, no signs but a leading minus, no
+    separators: what you see is exactly what is credited."""
+    text = text.strip()
+    if not _PLAIN_AMOUNT.fullmatch(text):
+        raise AmountError(
+            f"{what} must be a plain decimal such as 25 or 0.50"
+            f" (at most 12 digits after the point), got {text[:40]!r}"
+        )
+    value = Decimal(text)
+    if abs(value) >= MAX_AMOUNT:
+        raise AmountError(f"{what} must be below 1000000000 in absolute value")
+    if value < 0 and not negative:
+        raise AmountError(f"{what} must not be negative")
+    return value
+
+
+def parse_multiplier(text: str, what: str = "rate multiplier") -> Decimal:
+    """A plain decimal in (0, 1000] with at most 6 digits after the point."""
+    text = text.strip()
+    if not _PLAIN_MULTIPLIER.fullmatch(text):
+        raise AmountError(
+            f"{what} must be a plain decimal such as 1 or 1.25"
+            f" (at most 6 digits after the point), got {text[:40]!r}"
+        )
+    value = Decimal(text)
+    if not 0 < value <= MAX_MULTIPLIER:
+        raise AmountError(f"{what} must be above 0 and at most 1000")
+    return value
