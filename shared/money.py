@@ -9,10 +9,29 @@ units round in the conservative direction for the caller.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import (
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Rounded,
+    localcontext,
+)
 
 UNITS_PER_USD = 1_000_000_000
-_UNIT = Decimal(1) / Decimal(UNITS_PER_USD)
+_UNIT = Decimal(1).scaleb(-9)
+
+# Money arithmetic never rounds: 100 significant digits is far beyond any sum of
+# catalog prices, token counts and multipliers, and anything that would still
+# need rounding raises instead of losing a digit.
+EXACT = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact, Rounded])
+
+
+def exact():
+    """`with exact(): ...` runs Decimal arithmetic that raises rather than rounds."""
+    return localcontext(EXACT)
 
 
 def to_decimal(value: object) -> Decimal:
@@ -46,7 +65,7 @@ def units_ceil(amount: Decimal) -> int:
 
 
 def units_to_usd(units: int) -> Decimal:
-    return Decimal(units) * _UNIT
+    return Decimal(units).scaleb(-9)
 
 
 def usd_str(amount: Decimal) -> str:
