@@ -16,7 +16,9 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "timeout",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "server_error",
     502: "server_error",
@@ -30,7 +32,9 @@ _ANTHROPIC_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     500: "api_error",
     502: "api_error",
@@ -38,7 +42,7 @@ _ANTHROPIC_TYPES = {
     504: "timeout_error",
 }
 # Refusals that the SDKs' automatic retries cannot fix.
-_NO_RETRY = {400, 401, 402, 403, 404, 405, 413}
+_NO_RETRY = {400, 401, 402, 403, 404, 405, 413, 415}
 
 
 class ProxyError(Exception):
@@ -52,12 +56,14 @@ class ProxyError(Exception):
         code: str | None = None,
         retry_after: int | None = None,
         retryable: bool | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers
         self.retryable = status not in _NO_RETRY if retryable is None else retryable
 
 
@@ -81,6 +87,8 @@ def error_body(
 
 def error_response(provider: str, error: ProxyError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id}
+    if error.headers:
+        headers.update(error.headers)
     if error.retry_after is not None:
         headers["retry-after"] = str(error.retry_after)
     if not error.retryable:

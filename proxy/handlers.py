@@ -15,14 +15,15 @@ from proxy.auth import presented_key
 from proxy.body import read_json
 from proxy.errors import ProxyError
 from proxy.providers import Adapter
+from proxy.providers.bounds import RequestBound
 from proxy.relay import Relay, RelayResult
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
 from shared import redis_keys
-from shared.balance_view import RateLimit
+from shared.balance_view import MAX_UNITS, RateLimit
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
 from shared.events import EncodedUsageEvent, TokenUsage, UsageEvent
-from shared.money import units_ceil
+from shared.money import units_ceil, units_to_usd, usd_places, usd_str
 from shared.pricing import cost_usd, hold_usd
 
 log = structlog.get_logger("meterway.proxy")
@@ -35,8 +36,9 @@ _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=]{512,}")
 
 
 def prompt_estimate(raw: bytes) -> int:
-    """A deliberately generous prompt size: one token per four bytes of JSON,
-    not counting long base64 runs (images, PDFs), which providers price apart."""
+    """What an answer without usage is billed for as its input (an estimate, not
+    the hold's bound): one token per four bytes of JSON, not counting long base64
+    runs (images, PDFs), which providers price apart."""
     if len(raw) > 16_384:
         raw = _BASE64_RUN.sub(b"", raw)
     return len(raw) // 4 + 1
@@ -84,7 +86,45 @@ def check_provider(gw: Gateway, provider: str) -> None:
         raise ProxyError(503, "No active API keys", code="no_active_keys", retryable=False)
 
 
-def billed_usage(result: RelayResult, prompt_tokens: int) -> tuple[TokenUsage, bool]:
+def request_bound(
+    adapter: Adapter, body: dict, raw: bytes, model: str, price: ModelPrice
+) -> RequestBound:
+    """What the hold covers: the body's own bound, capped by the model's context
+    window, or the whole window where the body cannot bound its input."""
+    bound = adapter.bound(body, raw, price)
+    window = price.context_window
+    if bound.server_context is not None:
+        if window is None:
+            raise ProxyError(
+                400,
+                f"A request with {bound.server_context} needs the model's context_window"
+                f" in the model catalog, and {model} has none; ask the operator to add it",
+                code="context_window_required",
+            )
+        bound.input_tokens = window
+    elif window is not None and bound.input_tokens > window:
+        bound.input_tokens = window
+    return bound
+
+
+def insufficient_balance(hold_units: int, available_units: int) -> ProxyError:
+    """A 402 that says what the request needed and what there was."""
+    needs = units_to_usd(hold_units)
+    available = units_to_usd(max(available_units, 0))
+    return ProxyError(
+        402,
+        f"Insufficient credit balance: this request needs up to {usd_places(needs, up=True)}"
+        f" USD, {usd_places(available, up=False)} available; lower max_tokens"
+        " (the hold assumes the most the request can cost) or add credit",
+        code="insufficient_balance",
+        headers={
+            "x-meterway-hold-usd": usd_str(needs),
+            "x-meterway-available-usd": usd_str(available),
+        },
+    )
+
+
+def billed_usage(result: RelayResult, bound: RequestBound, raw: bytes) -> tuple[TokenUsage, bool]:
     """The usage to bill and whether it is an estimate."""
     usage = result.usage
     if usage is not None and result.usage_final:
@@ -92,8 +132,12 @@ def billed_usage(result: RelayResult, prompt_tokens: int) -> tuple[TokenUsage, b
     if usage is not None:  # input known exactly, output still counting
         output = max(usage.output_tokens, result.output_estimate)
         return usage.model_copy(update={"output_tokens": output}), True
+    if bound.deferred:  # a background run: its usage never passes through here
+        return TokenUsage(
+            uncached_input_tokens=bound.input_tokens, output_tokens=bound.output_tokens
+        ), True
     return TokenUsage(
-        uncached_input_tokens=prompt_tokens, output_tokens=result.output_estimate
+        uncached_input_tokens=prompt_estimate(raw), output_tokens=result.output_estimate
     ), True
 
 
@@ -112,9 +156,13 @@ async def _serve(
     model, price = priced_model(gw, adapter, body)
     check_provider(gw, adapter.provider)
 
-    prompt_tokens = prompt_estimate(raw)
-    output_cap = adapter.output_cap(body) or price.max_output_tokens
-    hold_units = units_ceil(hold_usd(prompt_tokens, output_cap, price, owner.rate_multiplier))
+    prepared = adapter.prepare(body, raw)
+    bound = request_bound(adapter, body, raw, model, price)
+    hold_units = units_ceil(
+        hold_usd(bound.input_tokens, bound.output_tokens, price, owner.rate_multiplier)
+    )
+    if hold_units > MAX_UNITS:  # more than any balance can be: refused before Redis
+        raise insufficient_balance(hold_units, 0)
     limit = rate_limit_of(owner)
     try:
         held = await gw.holds.place(owner.user_id, request_id, hold_units, limit)
@@ -129,19 +177,21 @@ async def _serve(
             retry_after=seconds_to_next_minute(),
         )
     if not held.placed:
-        raise ProxyError(402, "Insufficient credit balance", code="insufficient_balance")
+        raise insufficient_balance(hold_units, held.available_units)
 
+    gw.holds.keep(owner.user_id, request_id)
     try:
-        prepared = adapter.prepare(body, raw)
         result = await Relay(gw, request, adapter, prepared, request_id).run()
     except BaseException:
         await asyncio.shield(release_quietly(gw, owner.user_id, request_id))
         raise
+    finally:
+        gw.holds.forget(request_id)
     if not result.billable:
         await release_quietly(gw, owner.user_id, request_id)
         return result.response
 
-    usage, estimated = billed_usage(result, prompt_tokens)
+    usage, estimated = billed_usage(result, bound, raw)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
     event = UsageEvent.encode(

@@ -37,9 +37,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
 local available = tonumber(units) - held
 if tonumber(ARGV[2]) > available then return {0, available} end
+redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])  -- first: a bad number fails before any write
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
 if rpm > 0 or tpm > 0 then
   redis.call('HINCRBY', KEYS[4], 'n', 1)
   redis.call('EXPIRE', KEYS[4], 120)
@@ -122,6 +122,21 @@ redis.call('HSET', KEYS[1], 'units', ARGV[1], 'ver', ARGV[2])
 return 1
 """
 
+# KEYS: holdexp. ARGV: ttl ms, request ids... Moves the expiry of holds still
+# open (members of holdexp) to now + ttl; a released or settled hold is not
+# a member any more and stays gone (XX never adds).
+_EXTEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = now + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', at, ARGV[i]) end
+return #ARGV - 1
+"""
+
+# The largest hold or balance the scripts take: 1e9 USD in nano-USD, inside
+# int64 for HINCRBY (balances are kept below 1e9 USD where they are changed).
+MAX_UNITS = 10**18
+
 # request ids per script call: far below Lua's limit on unpack() arguments
 _PUBLISH_MANY_CHUNK = 1000
 
@@ -155,6 +170,7 @@ class BalanceView:
         self._publish = redis.register_script(_PUBLISH)
         self._publish_many = redis.register_script(_PUBLISH_MANY)
         self._reap = redis.register_script(_REAP)
+        self._extend = redis.register_script(_EXTEND)
         self._redis = redis
 
     async def hold(
@@ -229,6 +245,16 @@ class BalanceView:
             (rid.decode() if isinstance(rid, bytes) else rid, int(units))
             for rid, units in zip(flat[::2], flat[1::2], strict=True)
         ]
+
+    async def extend_holds(self, request_ids: dict[int, list[str]], ttl_ms: int) -> None:
+        """Keep the holds of requests still running from expiring: each user's
+        listed holds expire `ttl_ms` from now. One round trip for all users."""
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id, ids in request_ids.items():
+            for start in range(0, len(ids), _PUBLISH_MANY_CHUNK):
+                args = [str(ttl_ms), *ids[start : start + _PUBLISH_MANY_CHUNK]]
+                await self._extend(keys=[redis_keys.hold_expiry(user_id)], args=args, client=pipe)
+        await pipe.execute()
 
     async def held_units(self, user_id: int) -> int:
         value = await self._redis.hget(redis_keys.balance(user_id), "held")

@@ -29,6 +29,11 @@ class ModelPrice(BaseModel):
     cache_write_1h_per_mtok: Decimal | None = Field(default=None, ge=0)
     multiplier: Decimal = Field(default=Decimal(1), ge=0)
     max_output_tokens: int = Field(default=4096, gt=0)
+    # the most input tokens the model takes: the input bound of a request whose
+    # body cannot bound it (server-side context, documents), and a cap on any other
+    context_window: int | None = Field(default=None, gt=0, lt=2**40)
+    # the most tokens one image can count, by the provider's published rules
+    max_tokens_per_image: int | None = Field(default=None, gt=0, lt=2**31)
 
     @field_validator(
         "input_per_mtok",

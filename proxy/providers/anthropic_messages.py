@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 
 from proxy.providers.base import PreparedBody, int_field
+from proxy.providers.bounds import (
+    MediaCount,
+    RequestBound,
+    may_hold,
+    positive_count,
+    text_bound,
+    walk,
+)
 from proxy.providers.sse import StreamScanner, event_json
+from shared.catalog import ModelPrice
 from shared.events import TokenUsage
 
 
@@ -58,13 +67,63 @@ class MessagesScanner(StreamScanner):
         return True
 
 
+# Images are scaled down to at most about 1,600 tokens (w x h / 750); the margin
+# keeps the bound true for rounding of the published figure.
+ANTHROPIC_IMAGE_TOKENS = 1_700
+# Client-run tools with a type (bash, text editor, computer use) add a system
+# prompt and definition of at most about 1,300 tokens.
+ANTHROPIC_TYPED_TOOL_TOKENS = 2_000
+_SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "mcp", "tool_search")
+_MESSAGES_MEDIA = (b'"image"', b'"document"', b'"tools"', b"mcp_servers", b"container_upload")
+
+
+def _messages_part(part: dict, count: MediaCount) -> bool:
+    kind = part.get("type")
+    source = part.get("source")
+    if kind == "image":
+        inline = source.get("data") if isinstance(source, dict) else None
+        count.image(inline if isinstance(inline, str) else None)
+        return True
+    if kind == "document":
+        if isinstance(source, dict) and source.get("type") in ("text", "content"):
+            return False  # plain text in the body: counted as text
+        count.unbounded("a document")  # PDF pages, by bytes, URL or file id
+        return True
+    if kind == "container_upload":
+        count.unbounded("a file upload")
+        return True
+    return False
+
+
+def _tools(request: dict, count: MediaCount) -> None:
+    tools = request.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if not isinstance(kind, str) or kind == "custom":
+            continue
+        if kind.startswith(_SERVER_TOOLS):
+            count.unbounded("server tools")  # fetched pages, search results, code output
+        else:
+            count.extra_tokens += ANTHROPIC_TYPED_TOOL_TOKENS
+    if request.get("mcp_servers"):
+        count.unbounded("MCP servers")
+
+
 class AnthropicMessages:
     provider = "anthropic"
     endpoint = "messages"
 
     def output_cap(self, request: dict) -> int | None:
-        cap = request.get("max_tokens")
-        return cap if isinstance(cap, int) and cap > 0 else None
+        return positive_count(request, "max_tokens")
+
+    def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
+        output = self.output_cap(request) or price.max_output_tokens
+        count = MediaCount()
+        if may_hold(raw, _MESSAGES_MEDIA):
+            _tools(request, count)
+            walk([request.get("system"), request.get("messages")], _messages_part, count)
+        per_image = price.max_tokens_per_image or ANTHROPIC_IMAGE_TOKENS
+        return RequestBound(text_bound(raw, count, per_image), output, count.server_context)
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         return PreparedBody(raw, stream=request.get("stream") is True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy.providers.bounds import RequestBound
 from proxy.providers.sse import StreamScanner
-from shared.catalog import Provider
+from shared.catalog import ModelPrice, Provider
 from shared.events import TokenUsage
 
 
@@ -25,6 +26,9 @@ class Adapter(Protocol):
 
     def output_cap(self, request: dict) -> int | None:
         """The request's own output cap, or None when it sets none."""
+
+    def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
+        """The most input and output tokens the request can be billed for."""
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         """Tweak the request where metering needs it (e.g. ask for stream usage)."""

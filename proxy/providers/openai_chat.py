@@ -6,8 +6,19 @@ import re
 
 import orjson
 
+from proxy.errors import ProxyError
 from proxy.providers.base import PreparedBody, int_field
+from proxy.providers.bounds import (
+    MediaCount,
+    RequestBound,
+    choices,
+    may_hold,
+    positive_count,
+    text_bound,
+    walk,
+)
 from proxy.providers.sse import StreamScanner, event_data, event_json
+from shared.catalog import ModelPrice
 from shared.events import TokenUsage
 
 
@@ -77,19 +88,52 @@ class ChatScanner(StreamScanner):
         return True
 
 
+# The most tokens one image can count (high detail: 85 + 8 tiles x 170 for
+# gpt-4o; gpt-4o-mini's larger rates, 2833 + 8 x 5667, are the worst published).
+OPENAI_IMAGE_TOKENS = 48_169
+_CHAT_MEDIA = (b'"image_url"', b'"file"', b"web_search_options", b'"prediction"')
+
+
+def _chat_part(part: dict, count: MediaCount) -> bool:
+    kind = part.get("type")
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        count.image(url if isinstance(url, str) and url.startswith("data:") else None)
+        return True
+    if kind == "file":  # a PDF inline or by file id: its pages are not in the body
+        count.unbounded("a file input")
+        return True
+    return False
+
+
 class OpenAIChat:
     provider = "openai"
     endpoint = "chat/completions"
 
     def output_cap(self, request: dict) -> int | None:
-        cap = request.get("max_completion_tokens") or request.get("max_tokens")
-        return cap if isinstance(cap, int) and cap > 0 else None
+        caps = [positive_count(request, name) for name in ("max_completion_tokens", "max_tokens")]
+        return max((cap for cap in caps if cap is not None), default=None)
+
+    def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
+        output = (self.output_cap(request) or price.max_output_tokens) * choices(request)
+        count = MediaCount()
+        if may_hold(raw, _CHAT_MEDIA):
+            walk(request.get("messages"), _chat_part, count)
+            if request.get("web_search_options") is not None:
+                count.unbounded("web search results")
+            if request.get("prediction") is not None:  # rejected predictions bill as output
+                output += len(raw)
+        per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
+        return RequestBound(text_bound(raw, count, per_image), output, count.server_context)
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         if request.get("stream") is not True:
             return PreparedBody(raw, stream=False)
         options = request.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
+        if options is not None and not isinstance(options, dict):
+            raise ProxyError(400, "'stream_options' must be an object", code="invalid_value")
+        if options and options.get("include_usage") is True:
             return PreparedBody(raw, stream=True)
         tweaked = dict(request)
         tweaked["stream_options"] = {**(options or {}), "include_usage": True}

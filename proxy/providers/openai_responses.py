@@ -5,8 +5,17 @@ from __future__ import annotations
 import re
 
 from proxy.providers.base import PreparedBody
-from proxy.providers.openai_chat import usage_from_openai
+from proxy.providers.bounds import (
+    MediaCount,
+    RequestBound,
+    may_hold,
+    positive_count,
+    text_bound,
+    walk,
+)
+from proxy.providers.openai_chat import OPENAI_IMAGE_TOKENS, usage_from_openai
 from proxy.providers.sse import StreamScanner, event_json
+from shared.catalog import ModelPrice
 from shared.events import TokenUsage
 
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -38,13 +47,72 @@ class ResponsesScanner(StreamScanner):
         return True
 
 
+_RESPONSES_MEDIA = (
+    b"previous_response_id",
+    b'"conversation"',
+    b'"prompt"',
+    b'"background"',
+    b'"tools"',
+    b"input_image",
+    b"input_file",
+    b"item_reference",
+)
+# Context kept by OpenAI, not in the body: the input part of the hold is the
+# model's context window (contract section 10).
+_SERVER_CONTEXT = {
+    "previous_response_id": "a previous response",
+    "conversation": "a conversation",
+    "prompt": "a stored prompt",
+}
+_CLIENT_TOOLS = frozenset({"function", "custom"})
+
+
+def _responses_part(part: dict, count: MediaCount) -> bool:
+    kind = part.get("type")
+    if kind == "input_image":
+        url = part.get("image_url")
+        count.image(url if isinstance(url, str) and url.startswith("data:") else None)
+        return True
+    if kind == "input_file":
+        count.unbounded("a file input")
+        return True
+    if kind == "item_reference":
+        count.unbounded("a stored item")
+        return True
+    return False
+
+
+def _server_side(request: dict, count: MediaCount) -> None:
+    for field, reason in _SERVER_CONTEXT.items():
+        if request.get(field) is not None:
+            count.unbounded(reason)
+    if request.get("background") is True:
+        count.unbounded("a background run")
+    tools = request.get("tools")
+    if isinstance(tools, list) and any(
+        isinstance(tool, dict) and tool.get("type") not in _CLIENT_TOOLS for tool in tools
+    ):
+        count.unbounded("hosted tools")  # search results, files, code output join the input
+
+
 class OpenAIResponses:
     provider = "openai"
     endpoint = "responses"
 
     def output_cap(self, request: dict) -> int | None:
-        cap = request.get("max_output_tokens")
-        return cap if isinstance(cap, int) and cap > 0 else None
+        return positive_count(request, "max_output_tokens")
+
+    def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
+        output = self.output_cap(request) or price.max_output_tokens
+        count = MediaCount()
+        if may_hold(raw, _RESPONSES_MEDIA):
+            _server_side(request, count)
+            walk(request.get("input"), _responses_part, count)
+        per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
+        deferred = request.get("background") is True and request.get("stream") is not True
+        return RequestBound(
+            text_bound(raw, count, per_image), output, count.server_context, deferred
+        )
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         return PreparedBody(raw, stream=request.get("stream") is True)
