@@ -3,8 +3,9 @@
 The proxy keeps a snapshot of provider state (paused or not) and the active,
 decrypted provider keys in process. It is reloaded from Postgres when an
 invalidation message arrives and every `refresh_seconds` as a safety net.
-Keys are taken round-robin; a key that got a 429 cools down for the time the
-provider asked; a key that got 401/403 is disabled in Postgres.
+Keys are taken round-robin. A key cools down for the time the provider asked
+after a rate-limit 429, and is disabled in Postgres after a 401/403 that its
+probe confirmed (`proxy.key_health`, which the pool keeps the probes' memory in).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from proxy.key_health import KeyHealth, rules_for
 from shared.db import providers as db_providers
 from shared.db.users import Conn
 from shared.keys import SecretBox
@@ -24,6 +26,12 @@ class UpstreamKey:
     provider: str
     secret: str = field(repr=False)
     prefix: str = ""
+    # the header that carries the secret upstream, made once per key, not per request
+    auth: tuple[str, str] = field(default=("", ""), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.auth[0]:
+            object.__setattr__(self, "auth", rules_for(self.provider).auth(self.secret))
 
 
 class NoActiveKey(Exception):
@@ -42,6 +50,7 @@ class KeyPool:
         self._cooling_until: dict[int, float] = {}
         self._turn = itertools.count()
         self.loaded_at = 0.0
+        self.health = KeyHealth()
 
     async def load(self, conn: Conn) -> None:
         """Replace the snapshot with what Postgres says now."""
@@ -87,11 +96,16 @@ class KeyPool:
         self._cooling_until = {k: t for k, t in self._cooling_until.items() if t > now}
         self._cooling_until[key_id] = now + seconds
 
-    def drop(self, key_id: int) -> None:
-        """Stop using a key at once (it was disabled after a 401/403)."""
+    def drop(self, key_id: int) -> bool:
+        """Stop using a key at once (it was disabled after a confirmed 401/403).
+        False when it was not in use (already dropped by another request)."""
+        if not any(k.id == key_id for keys in self._keys.values() for k in keys):
+            return False
         self._keys = {
             provider: [k for k in keys if k.id != key_id] for provider, keys in self._keys.items()
         }
+        self.health.forget(key_id)
+        return True
 
     def status_of(self, key_id: int) -> str:
         until = self._cooling_until.get(key_id)

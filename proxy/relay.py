@@ -1,15 +1,18 @@
 """Forward one request upstream and stream the answer back, never buffered.
 
-Picks a provider key from the pool, retries on another key where the contract
-says so (401/403 disables the key; 429, 5xx or a connection failure before the
-first byte is retried once), then passes the answer through unchanged: same
-status, same JSON body, same SSE bytes flushed as they arrive.
+Picks a provider key from the pool, retries once on another key where the
+contract says so (a 401/403 that the key's probe confirms disables the key; a
+rate-limit 429 cools it; a 5xx or a connection failure before the first byte
+changes nothing), then passes the answer through unchanged: same status, same
+JSON body, same SSE bytes flushed as they arrive. What an error says about the
+key is `proxy.key_health`'s business, per provider kind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,12 +23,14 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from proxy.errors import ProxyError
+from proxy.key_health import Probe, Verdict, classify, rules_for
 from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.providers import Adapter, PreparedBody
 from proxy.providers.sse import StreamScanner
 from proxy.state import Gateway
 from proxy.upstream import (
     ConnectTimeout,
+    Target,
     UpstreamError,
     UpstreamResponse,
     parse_target,
@@ -37,21 +42,28 @@ from shared.events import TokenUsage
 
 log = structlog.get_logger("meterway.relay")
 
-# Client headers never sent upstream (auth, hop-by-hop, recomputed ones).
+# Client headers never sent upstream (auth, hop-by-hop, recomputed ones). The
+# headers that the client's `Connection` names are hop-by-hop too (RFC 9110 7.6.1).
 _DROP_REQUEST_HEADERS = frozenset(
     {
         "host",
         "authorization",
         "x-api-key",
         "content-length",
+        # hop-by-hop
         "connection",
         "keep-alive",
+        "proxy-authenticate",
         "proxy-authorization",
         "proxy-connection",
         "te",
         "trailer",
+        "trailers",
         "transfer-encoding",
         "upgrade",
+        "http2-settings",
+        # the body goes upstream as it was read; never claim an encoding for it
+        "content-encoding",
         "cookie",
         "expect",  # the body is sent whole at once; a 100 Continue would be noise
         "accept-encoding",
@@ -62,6 +74,8 @@ _DROP_REQUEST_HEADERS = frozenset(
     }
 )
 _COOLDOWN_DEFAULT_SECONDS = 5.0
+_MAX_KEYS_PER_REQUEST = 2
+_KEY_STATUSES = frozenset({401, 403, 429})  # the only answers that may speak about the key
 
 
 @dataclass(slots=True)
@@ -78,18 +92,32 @@ class RelayResult:
     outcome: str = "completed"
 
 
+@dataclass(slots=True)
+class _Step:
+    """After an upstream error: `body` to pass through, or else a retry."""
+
+    body: bytes | None = None
+    moved: bool = False  # this answer cooled or disabled the key
+
+
 def upstream_headers(request: web.Request, key: UpstreamKey) -> list[tuple[str, str]]:
-    headers = [
-        (name, value)
-        for name, value in request.headers.items()
-        if name.lower() not in _DROP_REQUEST_HEADERS
-    ]
+    received = request.headers
+    drop = _DROP_REQUEST_HEADERS
+    connection = received.getall("connection", None)
+    if connection:  # SDKs send `Connection: keep-alive`: one cached lookup
+        drop = _drop_with(connection[0] if len(connection) == 1 else ",".join(connection))
+    headers = [(name, value) for name, value in received.items() if name.lower() not in drop]
     headers.append(("Content-Type", "application/json"))
-    if key.provider == "anthropic":
-        headers.append(("x-api-key", key.secret))
-    else:
-        headers.append(("Authorization", f"Bearer {key.secret}"))
+    headers.append(key.auth)
     return headers
+
+
+@functools.lru_cache(maxsize=64)
+def _drop_with(connection: str) -> frozenset[str]:
+    """The headers not to forward when the client's `Connection` says
+    `connection`: the usual ones and every name it lists (any case)."""
+    named = (name.strip().lower() for name in connection.split(","))
+    return _DROP_REQUEST_HEADERS.union(name for name in named if name)
 
 
 def _retry_after(response: UpstreamResponse) -> float:
@@ -148,9 +176,8 @@ class Relay:
         )
 
     async def run(self) -> RelayResult:
-        response, key = await self._send_with_failover()
-        if response.status >= 400:
-            body = await read_whole(response)
+        response, key, body = await self._send_with_failover()
+        if body is not None:  # an upstream error, passed through unbilled
             answer = web.Response(
                 status=response.status,
                 body=body,
@@ -162,48 +189,101 @@ class Relay:
             return await self._stream(response, key)
         return await self._whole(response, key)
 
-    async def _send_with_failover(self) -> tuple[UpstreamResponse, UpstreamKey]:
+    async def _send_with_failover(self) -> tuple[UpstreamResponse, UpstreamKey, bytes | None]:
+        """The answer to send on: a success (body unread), or an error to pass
+        through with its body read (the response released).
+
+        At most 2 keys are tried: the second only after a retryable failure of
+        the first (a key-level 401/403 its probe confirmed, a rate-limit 429, a
+        5xx, a connection failure before the first byte). At most one key of
+        the request changes state (cooling or disabled)."""
         provider = self.adapter.provider
-        tried: set[int] = set()
-        retried = False
+        key = self._choose(provider, frozenset())
+        tried = {key.id}
+        moved = False  # one request moves at most one key to cooling or disabled
         while True:
-            key = self._choose(provider, frozenset(tried))
-            tried.add(key.id)
             try:
                 response = await self.gw.upstream.post(
                     self.target, upstream_headers(self.request, key), self.prepared.body
                 )
             except ConnectTimeout as exc:
-                if not retried and self._another_key(provider, tried):
-                    retried = True
-                    self._count_retry(provider, key, "connect_timeout")
-                    continue
-                raise ProxyError(504, "Upstream timed out") from exc
+                following = self._following(provider, tried)
+                if following is None:
+                    raise ProxyError(504, "Upstream timed out") from exc
+                reason = "connect_timeout"
             except TimeoutError as exc:
                 raise ProxyError(504, "Upstream timed out") from exc
             except UpstreamError as exc:
-                if not retried and self._another_key(provider, tried):
-                    retried = True
-                    self._count_retry(provider, key, "connect")
-                    continue
-                raise ProxyError(502, "Upstream unreachable") from exc
-            if response.status in (401, 403):
-                response.release()
-                await self._disable(key, response.status)
-                continue
-            try:
-                if response.status == 429:
-                    await self._cool_down(key, _retry_after(response))
-            except BaseException:
-                response.release()
-                raise
-            if response.status == 429 or response.status >= 500:
-                if not retried and self._another_key(provider, tried):
-                    response.release()
-                    retried = True
-                    self._count_retry(provider, key, str(response.status))
-                    continue
-            return response, key
+                following = self._following(provider, tried)
+                if following is None:
+                    raise ProxyError(502, "Upstream unreachable") from exc
+                reason = "connect"
+            else:
+                if response.status < 400:
+                    return response, key, None
+                following = self._following(provider, tried)
+                step = await self._after_error(response, key, moved, following is not None)
+                if step.body is not None:
+                    return response, key, step.body
+                moved = moved or step.moved
+                if following is None:  # the key was disabled and no other may take over
+                    self._choose(provider, frozenset(tried))  # 503, or 429 when all cool
+                    raise ProxyError(502, "Upstream refused the provider key")
+                reason = str(response.status)
+            self._count_retry(provider, key, reason)
+            key = following
+            tried.add(key.id)
+
+    def _following(self, provider: str, tried: set[int]) -> UpstreamKey | None:
+        """The key a retry would go to; None when this request may not try another."""
+        if len(tried) >= _MAX_KEYS_PER_REQUEST:
+            return None
+        try:
+            return self.gw.pool.choose(provider, frozenset(tried))
+        except NoActiveKey:
+            return None
+
+    async def _after_error(
+        self, response: UpstreamResponse, key: UpstreamKey, moved: bool, can_retry: bool
+    ) -> _Step:
+        """What an upstream error answer means for the key, and whether to retry."""
+        status = response.status
+        if status >= 500:
+            if not can_retry:
+                return _Step(body=await read_whole(response))
+            response.release()  # unread: the connection closes
+            return _Step()
+        body = await read_whole(response)
+        if status not in _KEY_STATUSES or moved:
+            return _Step(body=body)
+        rules = rules_for(key.provider)
+        verdict = classify(rules, status, body)
+        if verdict is Verdict.RATE_LIMITED:
+            await self._cool_down(key, _retry_after(response))
+            return _Step(moved=True) if can_retry else _Step(body=body, moved=True)
+        if verdict is Verdict.SUSPECT:
+            probe = await self.gw.pool.health.probe(
+                self.gw.upstream, self._probe_target(), rules, key.id, key.secret
+            )
+            log.warning(
+                "provider_key_probed",
+                provider=key.provider,
+                key_prefix=key.prefix,
+                status=status,
+                probe=probe.value,
+            )
+            if probe is Probe.REJECTED:
+                return _Step(moved=await self._disable(key, status))
+        elif verdict is Verdict.QUOTA:
+            self.gw.metrics.inc("meterway_upstream_quota_exhausted_total", provider=key.provider)
+            log.warning(
+                "provider_key_quota_exhausted", provider=key.provider, key_prefix=key.prefix
+            )
+        return _Step(body=body)
+
+    def _probe_target(self) -> Target:
+        base = self.gw.settings.upstream_base_url(self.adapter.provider)
+        return parse_target(f"{base}/{rules_for(self.adapter.provider).probe_path}")
 
     def _choose(self, provider: str, exclude: frozenset[int]) -> UpstreamKey:
         try:
@@ -216,13 +296,6 @@ class Relay:
                     retry_after=max(1, round(exc.cooling_for)),
                 ) from exc
             raise ProxyError(503, "No active API keys", code="no_active_keys") from exc
-
-    def _another_key(self, provider: str, tried: set[int]) -> bool:
-        try:
-            self.gw.pool.choose(provider, frozenset(tried))
-        except NoActiveKey:
-            return False
-        return True
 
     def _count_retry(self, provider: str, key: UpstreamKey, reason: str) -> None:
         self.gw.metrics.inc("meterway_upstream_retries_total", provider=provider, reason=reason)
@@ -237,17 +310,20 @@ class Relay:
         except RedisError as exc:
             log.warning("cooling_not_shared", error=str(exc))
 
-    async def _disable(self, key: UpstreamKey, status: int) -> None:
-        self.gw.pool.drop(key.id)
+    async def _disable(self, key: UpstreamKey, status: int) -> bool:
+        """Disable a key its probe confirmed bad; False when another request did."""
+        if not self.gw.pool.drop(key.id):
+            return False
         self.gw.metrics.inc("meterway_provider_keys_disabled_total", provider=key.provider)
         log.error(
             "provider_key_disabled", provider=key.provider, key_prefix=key.prefix, status=status
         )
-        reason = f"upstream answered {status}"
+        reason = f"upstream answered {status} and refused the key's probe"
         try:
             await self._record_disabled(key, reason)
         except Exception as exc:  # this proxy stops using it anyway; the next request retries
             log.error("provider_key_disable_not_recorded", key_prefix=key.prefix, error=str(exc))
+        return True
 
     async def _record_disabled(self, key: UpstreamKey, reason: str) -> None:
         await db_providers.set_key_status(self.gw.pg, key.id, "disabled", reason)

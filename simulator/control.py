@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from simulator.errors import Provider, SimError
+from simulator.errors import NAMED_ERRORS, Provider, SimError
 
 DEFAULT_CHUNKS = 5
 MAX_RECORDED = 1000
@@ -28,6 +28,7 @@ class Directives:
     break_after: int | None = None
     error_event_after: int | None = None
     input_tokens: int | None = None
+    error: str | None = None
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -66,6 +67,12 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
     status = _int_header(headers, "x-sim-status")
     if status is not None and not 400 <= status <= 599:
         raise SimError(400, f"x-sim-status must be an HTTP error status, got {status}")
+    error = headers.get("x-sim-error")
+    if error is not None:
+        error = error.strip().lower()
+        if error not in NAMED_ERRORS:
+            names = ", ".join(sorted(NAMED_ERRORS))
+            raise SimError(400, f"x-sim-error must be one of {names}, got {error!r}")
     write_total = _int_header(headers, "x-sim-cache-write-tokens") or 0
     write_1h = _int_header(headers, "x-sim-cache-write-1h-tokens")
     if write_1h is not None:
@@ -81,6 +88,7 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
         break_after=_int_header(headers, "x-sim-break-after"),
         error_event_after=_int_header(headers, "x-sim-error-event-after"),
         input_tokens=_int_header(headers, "x-sim-input-tokens"),
+        error=error,
     )
 
 
@@ -96,17 +104,33 @@ def _api_key(request: web.Request, provider: Provider) -> str | None:
     return None
 
 
+_OPENAI_NO_SCOPES = (
+    "You have insufficient permissions for this operation. Missing scopes: api.model.read,"
+    " model.request. Check that you have the correct role in your organization (Reader,"
+    " Writer, Owner) and project (Member, Owner), and if you're using a restricted API key,"
+    " that it has the necessary scopes."
+)
+
+
 def check_auth(request: web.Request, provider: Provider) -> None:
-    """Simulate the provider's key checks; substrings of the key pick the failure mode."""
+    """Simulate the provider's key checks; substrings of the key pick the failure mode,
+    on every route, the models list included: `invalid` or `revoked` (401), `forbidden`
+    (403, the key may do nothing), `ratelimited` (429), `broken` (500)."""
     key = _api_key(request, provider)
     if key is None:
         if provider is Provider.ANTHROPIC:
             raise SimError(401, "x-api-key header is required")
         raise SimError(401, "You didn't provide an API key.")
-    if "invalid" in key:
+    if "invalid" in key or "revoked" in key:
         if provider is Provider.ANTHROPIC:
             raise SimError(401, "invalid x-api-key")
         raise SimError(401, "Incorrect API key provided.")
+    if "forbidden" in key:
+        if provider is Provider.ANTHROPIC:
+            raise SimError(
+                403, "Your API key does not have permission to use the specified resource."
+            )
+        raise SimError(403, _OPENAI_NO_SCOPES, "invalid_request_error", None)
     if "ratelimited" in key:
         raise SimError(429, "Rate limit reached (simulated).")
     if "broken" in key:
@@ -114,9 +138,11 @@ def check_auth(request: web.Request, provider: Provider) -> None:
 
 
 def guard(request: web.Request, provider: Provider) -> Directives:
-    """Auth, then directives, then a forced x-sim-status error."""
+    """Auth, then directives, then a forced x-sim-error or x-sim-status error."""
     check_auth(request, provider)
     directives = parse_directives(request.headers)
+    if directives.error is not None:
+        raise replace(NAMED_ERRORS[directives.error][provider])
     if directives.status is not None:
         if provider is Provider.ANTHROPIC and directives.status == 529:
             raise SimError(529, "Overloaded")

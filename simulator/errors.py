@@ -43,10 +43,13 @@ _OPENAI_TYPES: dict[int, tuple[str, str | None]] = {
 
 @dataclass(slots=True)
 class SimError(Exception):
-    """Raised by handlers; rendered by the middleware in the provider's error format."""
+    """Raised by handlers; rendered by the middleware in the provider's error format.
+    `error_type` (and, for OpenAI, `code` with it) replaces the status's usual type."""
 
     status: int
     message: str
+    error_type: str | None = None
+    code: str | None = None
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"
@@ -64,28 +67,120 @@ def provider_for_path(path: str) -> Provider | None:
     return None
 
 
-def openai_error_body(status: int, message: str) -> dict[str, Any]:
-    err_type, code = _OPENAI_TYPES.get(status, ("server_error", None))
-    return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+def openai_error_body(
+    status: int, message: str, error_type: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    if error_type is None:
+        error_type, code = _OPENAI_TYPES.get(status, ("server_error", None))
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
 def anthropic_error_type(status: int) -> str:
     return _ANTHROPIC_TYPES.get(status, "api_error")
 
 
-def anthropic_error_body(status: int, message: str, request_id: str) -> dict[str, Any]:
+def anthropic_error_body(
+    status: int, message: str, request_id: str, error_type: str | None = None
+) -> dict[str, Any]:
     return {
         "type": "error",
-        "error": {"type": anthropic_error_type(status), "message": message},
+        "error": {"type": error_type or anthropic_error_type(status), "message": message},
         "request_id": request_id,
     }
 
 
+# `x-sim-error: <name>`: errors as each provider really sends them, about the key
+# or about the request itself (same name, each provider's own status and body).
+NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
+    # key-level: authentication failed (the relay probes the key before believing it)
+    "invalid_api_key": {
+        Provider.OPENAI: SimError(
+            401,
+            "Incorrect API key provided: sk-upstr*****0001. You can find your API key at"
+            " https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        ),
+        Provider.ANTHROPIC: SimError(401, "invalid x-api-key", "authentication_error"),
+    },
+    # a permission for this request only (a model the project may not use)
+    "permission": {
+        Provider.OPENAI: SimError(
+            403, "You are not allowed to sample from this model", "invalid_request_error", None
+        ),
+        Provider.ANTHROPIC: SimError(
+            403,
+            "Your API key does not have permission to use the specified resource.",
+            "permission_error",
+        ),
+    },
+    # where the request comes from, not the key
+    "region": {
+        Provider.OPENAI: SimError(
+            403,
+            "Country, region, or territory not supported",
+            "request_forbidden",
+            "unsupported_country_region_territory",
+        ),
+        Provider.ANTHROPIC: SimError(403, "Request not allowed", "forbidden"),
+    },
+    # the key's rate limit
+    "rate_limit": {
+        Provider.OPENAI: SimError(
+            429,
+            "Rate limit reached for gpt-4o in organization org-sim on requests per min (RPM):"
+            " Limit 3, Used 3, Requested 1. Please try again in 20s. Visit"
+            " https://platform.openai.com/account/rate-limits to learn more.",
+            "requests",
+            "rate_limit_exceeded",
+        ),
+        Provider.ANTHROPIC: SimError(
+            429,
+            "This request would exceed the rate limit for your organization of 50 requests"
+            " per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits.",
+            "rate_limit_error",
+        ),
+    },
+    # the request alone is beyond a limit (OpenAI says so with a rate-limit code)
+    "request_too_large": {
+        Provider.OPENAI: SimError(
+            429,
+            "Request too large for gpt-4o in organization org-sim on tokens per min (TPM):"
+            " Limit 30000, Requested 48535. The input or output tokens must be reduced in"
+            " order to run successfully. Visit https://platform.openai.com/account/rate-limits"
+            " to learn more.",
+            "tokens",
+            "rate_limit_exceeded",
+        ),
+        Provider.ANTHROPIC: SimError(
+            413, "Request exceeds the maximum allowed number of bytes.", "request_too_large"
+        ),
+    },
+    # the key's account is out of credit
+    "insufficient_quota": {
+        Provider.OPENAI: SimError(
+            429,
+            "You exceeded your current quota, please check your plan and billing details."
+            " For more information on this error, read the docs:"
+            " https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
+        Provider.ANTHROPIC: SimError(
+            400,
+            "Your credit balance is too low to access the Anthropic API. Please go to"
+            " Plans & Billing to upgrade or purchase credits.",
+            "invalid_request_error",
+        ),
+    },
+}
+
+
 def error_response(provider: Provider, err: SimError, request_id: str) -> web.Response:
     if provider is Provider.ANTHROPIC:
-        body = anthropic_error_body(err.status, err.message, request_id)
+        body = anthropic_error_body(err.status, err.message, request_id, err.error_type)
     else:
-        body = openai_error_body(err.status, err.message)
+        body = openai_error_body(err.status, err.message, err.error_type, err.code)
     headers = {"retry-after": "1"} if err.status == 429 else None
     return web.Response(
         status=err.status,

@@ -3,9 +3,10 @@
 aiohttp's client is general (cookies, redirects, proxies, multipart, its own
 timeouts and tracing) and cost the proxy about a fifth of its CPU per request.
 The relay needs one thing: POST a ready body to a known provider over a
-keep-alive connection and read the answer, streaming or not. This does that
-and nothing else: no redirects, no cookies, no compression (the proxy never
-asks for it), TLS through the standard `ssl` module.
+keep-alive connection and read the answer, streaming or not (and, off the hot
+path, a bodiless GET: the provider-key probe). This does that and nothing
+else: no redirects, no cookies, no compression (the proxy never asks for it),
+TLS through the standard `ssl` module.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ def request_bytes(target: Target, headers: list[tuple[str, str]], body: bytes) -
     return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
 
 
+def get_request_bytes(target: Target, headers: list[tuple[str, str]]) -> bytes:
+    """A bodiless GET (the provider-key probe; never on the hot path)."""
+    lines = [f"GET {target.path} HTTP/1.1", f"Host: {target.host_header}"]
+    for name, value in headers:
+        _check_header(name, value)
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
 class UpstreamClient:
     """Keep-alive connections per origin, newest first; idle ones age out."""
 
@@ -108,6 +119,19 @@ class UpstreamClient:
                 if not exc.before_response:
                     raise
                 # the provider closed this idle connection as we reused it
+        return await self._exchange(await self._connect(target.origin), request)
+
+    async def get(self, target: Target, headers: list[tuple[str, str]]) -> UpstreamResponse:
+        """GET without a body, on the same keep-alive connections as `post` (which
+        keeps its own copy of these steps: it is the hot path)."""
+        request = get_request_bytes(target, headers)
+        conn = self._idle_connection(target.origin)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request)
+            except ConnectionBroken as exc:
+                if not exc.before_response:
+                    raise
         return await self._exchange(await self._connect(target.origin), request)
 
     def give_back(self, conn: UpstreamConnection) -> None:
