@@ -12,7 +12,9 @@ from dashboard.common import (
     FormError,
     State,
     admin_required,
+    field,
     flash_redirect,
+    has_control,
     int_param,
     parse_amount,
     render,
@@ -64,8 +66,8 @@ async def provider_thresholds(request: web.Request) -> web.StreamResponse:
     name = _provider(request)
     form = await request.post()
     try:
-        warn = parse_amount(str(form.get("warn_usd", "")), "Warn", allow_blank=True, minimum=0)
-        stop = parse_amount(str(form.get("stop_usd", "")), "Stop", allow_blank=True, minimum=0)
+        warn = parse_amount(field(form, "warn_usd"), "Warn", allow_blank=True, negative=False)
+        stop = parse_amount(field(form, "stop_usd"), "Stop", allow_blank=True, negative=False)
     except FormError as exc:
         await flash_redirect(request, "/admin/providers", str(exc))
     await db.set_thresholds(st.pg, name, warn_usd=warn, stop_usd=stop)
@@ -91,13 +93,17 @@ async def provider_keys_page(request: web.Request) -> web.StreamResponse:
 async def provider_key_add(request: web.Request) -> web.StreamResponse:
     st = state(request)
     form = await request.post()
-    provider = str(form.get("provider", ""))
-    secret = str(form.get("secret", "")).strip()
-    name = str(form.get("name", "")).strip()[:80]
+    provider = field(form, "provider", 100)
+    secret = field(form, "secret", 4097).strip()
+    name = field(form, "name", 81).strip()
     if provider not in PROVIDERS:
         await flash_redirect(request, "/admin/provider-keys", "Choose a provider.")
-    if len(secret) < 8 or len(secret) > 4096 or any(c.isspace() for c in secret):
+    if (len(secret) < 8 or len(secret) > 4096 or not secret.isascii() or not secret.isprintable()
+            or any(c.isspace() for c in secret)):  # fmt: skip
         await flash_redirect(request, "/admin/provider-keys", "That does not look like a key.")
+    if len(name) > 80 or has_control(name):
+        await flash_redirect(request, "/admin/provider-keys", "The name must be at most"
+                             " 80 characters, no control characters.")  # fmt: skip
     try:
         box = SecretBox(st.settings.require_secret_key())
     except RuntimeError as exc:

@@ -8,14 +8,20 @@ from aiohttp import web
 
 from dashboard.auth_views import check_new_password, hash_password
 from dashboard.common import (
+    SESSION_KEY,
     FormError,
     admin_required,
     current_user,
+    field,
     flash_redirect,
+    has_control,
     int_param,
     log,
     parse_amount,
+    parse_multiplier,
+    query_text,
     render,
+    safe_text,
     state,
     take_flash,
 )
@@ -23,11 +29,14 @@ from shared import invalidation
 from shared.db import api_keys, users
 from shared.db import dashboard as q
 from shared.money import units_to_usd
+from shared.passwords import MAX_PASSWORD
+
+MAX_EMAIL = 320
 
 
 @admin_required
 async def users_list(request: web.Request) -> web.StreamResponse:
-    query = request.query.get("q", "")[:200]
+    query = query_text(request, "q", 200)
     rows = await q.search_users(state(request).pg, query)
     return render(request, "admin_users.html", {"title": "Users", "rows": rows, "q": query,
                   "flash": await take_flash(request)})  # fmt: skip
@@ -37,15 +46,21 @@ async def users_list(request: web.Request) -> web.StreamResponse:
 async def user_create(request: web.Request) -> web.StreamResponse:
     st = state(request)
     form = await request.post()
-    email = str(form.get("email", "")).strip().lower()
-    if "@" not in email or len(email) > 320:
-        await flash_redirect(request, "/admin/users", f"Not an email address: {email!r}.")
+    email = field(form, "email", MAX_EMAIL + 1).strip().lower()
+    if not _plausible_email(email):
+        await flash_redirect(request, "/admin/users", f"Not an email address: {email[:80]!r}.")
     try:
         user = await users.create(st.pg, email, is_admin=form.get("is_admin") == "on")
     except asyncpg.UniqueViolationError:
         await flash_redirect(request, "/admin/users", f"A user with email {email} exists.")
     await flash_redirect(request, f"/admin/users/{user.id}",
                          "User created. Set a password or make an invite link.")  # fmt: skip
+
+
+def _plausible_email(email: str) -> bool:
+    local, at, domain = email.rpartition("@")
+    return (bool(at and local and domain) and len(email) <= MAX_EMAIL and not has_control(email)
+            and not any(c.isspace() for c in email))  # fmt: skip
 
 
 async def _load(request: web.Request) -> users.User:
@@ -78,14 +93,16 @@ async def user_credit(request: web.Request) -> web.StreamResponse:
     st = state(request)
     target = await _load(request)
     form = await request.post()
-    reason = str(form.get("reason", "")).strip()[:500]
+    reason = field(form, "reason", 501).strip()
     try:
-        amount = parse_amount(str(form.get("amount_usd", "")), "Amount")
+        amount = parse_amount(field(form, "amount_usd"), "Amount")
         assert amount is not None
         if amount == 0:
             raise FormError("Amount must not be zero")
         if not reason:
             raise FormError("Give a reason: it is written to the ledger")
+        if len(reason) > 500 or has_control(reason):
+            raise FormError("The reason must be at most 500 characters, no control characters")
     except FormError as exc:
         return await _detail(request, target, error=str(exc), status=400)
     operator = current_user(request)
@@ -107,8 +124,10 @@ async def user_settings(request: web.Request) -> web.StreamResponse:
     st = state(request)
     target = await _load(request)
     form = await request.post()
+    if field(form, "end_sessions"):
+        return await user_end_sessions(request)
     try:
-        rate = parse_amount(str(form.get("rate_multiplier", "")), "Rate multiplier", minimum=0)
+        rate = parse_multiplier(field(form, "rate_multiplier"), "Rate multiplier")
     except FormError as exc:
         return await _detail(request, target, error=str(exc), status=400)
     disabled = form.get("disabled") == "on"
@@ -116,9 +135,28 @@ async def user_settings(request: web.Request) -> web.StreamResponse:
         return await _detail(request, target, error="You cannot disable yourself.", status=400)
     await users.update(st.pg, target.id, rate_multiplier=rate, disabled=disabled)
     await st.notify(invalidation.user_message(target.id))
-    if disabled:
+    if disabled:  # every dashboard session of the user ends now, not at its next request
         await st.sessions.delete_all_for_user(target.id)
     await flash_redirect(request, f"/admin/users/{target.id}", "User settings saved.")
+
+
+@admin_required
+async def user_end_sessions(request: web.Request) -> web.StreamResponse:
+    """Sign a user out of every dashboard session (their API keys keep working)."""
+    target = await _load(request)
+    await _end_sessions(request, target.id)
+    log.info("dashboard_sessions_ended", user_id=target.id, by=current_user(request).id)
+    await flash_redirect(request, f"/admin/users/{target.id}",
+                         "Every dashboard session of this user has ended.")  # fmt: skip
+
+
+async def _end_sessions(request: web.Request, user_id: int) -> None:
+    """Ends every session of the user; an operator acting on themselves goes on
+    in a new session (the old ones, this one included, are over)."""
+    st = state(request)
+    await st.sessions.delete_all_for_user(user_id)
+    if user_id == current_user(request).id:
+        request[SESSION_KEY] = await st.sessions.create(user_id)
 
 
 @admin_required
@@ -126,21 +164,22 @@ async def user_password(request: web.Request) -> web.StreamResponse:
     st = state(request)
     target = await _load(request)
     form = await request.post()
-    password = str(form.get("password", ""))
-    problem = check_new_password(password, str(form.get("confirm", "")))
+    password = field(form, "password", MAX_PASSWORD + 1)
+    problem = check_new_password(password, field(form, "confirm", MAX_PASSWORD + 1))
     if problem:
         return await _detail(request, target, error=problem, status=400)
     await q.set_password_hash(st.pg, target.id, await hash_password(password))
-    if target.id != current_user(request).id:
-        await st.sessions.delete_all_for_user(target.id)
-    await flash_redirect(request, f"/admin/users/{target.id}", "Password set.")
+    await _end_sessions(request, target.id)
+    await flash_redirect(request, f"/admin/users/{target.id}",
+                         "Password set; the user's dashboard sessions have ended.")  # fmt: skip
 
 
 @admin_required
 async def user_invite(request: web.Request) -> web.StreamResponse:
     target = await _load(request)
     token = await state(request).invites.create(target.id)
-    link = f"{request.scheme}://{request.host}/invite/{token}"
+    host = safe_text(request.host)
+    link = f"{request.scheme}://{host}/invite/{token}"
     if request.headers.get("X-Forwarded-Proto", "").lower() == "https":
-        link = f"https://{request.host}/invite/{token}"
+        link = f"https://{host}/invite/{token}"
     return await _detail(request, target, invite=link)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import functools
 import hmac
+import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, NoReturn
 
 import aiohttp_jinja2
@@ -17,8 +19,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from dashboard.sessions import (
+    ANON_TTL,
     COOKIE,
-    SESSION_TTL,
     Invites,
     Session,
     SessionStore,
@@ -26,7 +28,7 @@ from dashboard.sessions import (
     sign,
     unsign,
 )
-from shared import invalidation
+from shared import invalidation, money
 from shared.balance_view import BalanceView
 from shared.config import Settings
 from shared.db import users
@@ -46,6 +48,11 @@ class State:
     invites: Invites
     view: BalanceView
     cookie_key: bytes
+
+    def __post_init__(self) -> None:
+        # The absolute session lifetime comes from the settings (DASHBOARD_SESSION_MAX_HOURS).
+        if isinstance(self.sessions, SessionStore):
+            self.sessions.max_age = self.settings.dashboard_session_max_hours * 3600
 
     async def notify(self, *messages: str) -> None:
         """Tell running proxies to drop cached state, as the CLI does."""
@@ -69,6 +76,8 @@ def is_https(request: web.Request) -> bool:
 
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, s: Session) -> None:
+    # A signed-in cookie lasts no longer than its session may (from sign-in).
+    max_age = ANON_TTL if s.user_id is None else max(1, int(state(request).sessions.remaining(s)))
     response.set_cookie(
         COOKIE,
         sign(s.token, state(request).cookie_key),
@@ -76,7 +85,7 @@ def set_session_cookie(request: web.Request, response: web.StreamResponse, s: Se
         samesite="Lax",
         secure=is_https(request),
         path="/",
-        max_age=SESSION_TTL if s.user_id is not None else None,
+        max_age=max_age,
     )
 
 
@@ -94,13 +103,25 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     if session.user_id is not None:
         user = await users.by_id(st.pg, session.user_id)
         if user is None or user.disabled:
+            if user is not None:  # disabled elsewhere (the CLI): end all of them now
+                await st.sessions.delete_all_for_user(user.id)
             await st.sessions.delete(session)
             session, user, fresh = await st.sessions.create(None), None, True
     request[SESSION_KEY] = session
     request[USER_KEY] = user
     if request.method == "POST":
-        form = await request.post()
-        sent = str(form.get("csrf", ""))
+        try:
+            form = await request.post()
+        except web.HTTPException:
+            raise  # e.g. 413, a body over client_max_size
+        except Exception:  # undecodable bytes, an unknown charset, broken multipart
+            response = render(request, "error.html", {"title": "Bad form", "message":
+                "The form could not be read. Reload the page and try again."},
+                status=400)  # fmt: skip
+            if fresh:
+                set_session_cookie(request, response, session)
+            return response
+        sent = field(form, "csrf")
         if fresh or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
             response = render(request, "error.html", {"title": "Form expired", "message":
                 "The form was stale or did not come from this site. Reload and try again."},
@@ -199,26 +220,58 @@ class FormError(ValueError):
     """A form value that does not parse; its message is shown to the user."""
 
 
-def parse_amount(text: str, what: str, *, allow_blank: bool = False, minimum: Decimal | None = None
+def parse_amount(text: str, what: str, *, allow_blank: bool = False, negative: bool = True
                  ) -> Decimal | None:  # fmt: skip
-    text = text.strip()
-    if not text:
-        if allow_blank:
-            return None
+    """An amount typed into a form, by the one parser of shared.money (plain
+    decimals only); blank is None where allowed (an optional threshold)."""
+    if allow_blank and not text.strip():
+        return None
+    if not text.strip():
         raise FormError(f"{what} is required")
     try:
-        value = Decimal(text)
-    except InvalidOperation as exc:
-        raise FormError(f"{what} must be a decimal number") from exc
-    if not value.is_finite() or abs(value) > Decimal("1e9"):
-        raise FormError(f"{what} is out of range")
-    if minimum is not None and value < minimum:
-        raise FormError(f"{what} must be at least {minimum}")
-    return value
+        return money.parse_amount(text, what, negative=negative)
+    except money.AmountError as exc:
+        raise FormError(str(exc)) from exc
+
+
+def parse_multiplier(text: str, what: str) -> Decimal:
+    try:
+        return money.parse_multiplier(text, what)
+    except money.AmountError as exc:
+        raise FormError(str(exc)) from exc
+
+
+def field(form: Any, name: str, max_len: int = 100_000) -> str:
+    """A form field as text: '' when missing or a file upload; undecodable
+    characters (lone surrogates) become U+FFFD; cut at max_len."""
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        return ""
+    return safe_text(value[:max_len])
+
+
+def safe_text(value: str) -> str:
+    """Text that encodes as UTF-8 (for Postgres, Redis and the response)."""
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def has_control(value: str) -> bool:
+    """Control characters (NUL included, which Postgres refuses in text)."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+
+
+def query_text(request: web.Request, name: str, max_len: int = 200) -> str:
+    """A query parameter as searchable text: control characters dropped, cut at max_len."""
+    value = safe_text(request.query.get(name, ""))
+    return "".join(c for c in value if unicodedata.category(c) not in ("Cc", "Cs"))[:max_len]
+
+
+_ID = re.compile(r"[0-9]{1,18}")
 
 
 def int_param(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except (KeyError, ValueError) as exc:
-        raise web.HTTPNotFound() from exc
+    """An id in the path: ASCII digits that fit a BIGINT, else a 404."""
+    text = request.match_info.get(name, "")
+    if not _ID.fullmatch(text):
+        raise web.HTTPNotFound()
+    return int(text)

@@ -1,8 +1,15 @@
-"""Server-side sessions, login throttling and invite links, all in Redis with TTLs.
+"""Server-side sessions, sign-in throttling and invite links, all in Redis.
 
 The cookie carries a 256-bit random token; Redis keys use its SHA-256, so a
 copy of Redis holds no usable cookie. Visitors get an anonymous session (for
 the CSRF token of the sign-in form); signing in replaces it with a new one.
+
+A signed-in session ends at the latest `max_age` seconds after sign-in
+(DASHBOARD_SESSION_MAX_HOURS), however much it is used: the sign-in time is
+stored in the session and checked on every load, and the Redis key expires
+then too. Each session also records its user's *generation*; signing a user
+out everywhere bumps the generation first, so every older session is refused
+even if the per-user set of sessions (kept to delete them) has lost one.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -17,11 +25,14 @@ from redis.asyncio import Redis
 from shared import redis_keys
 
 COOKIE = "mw_session"
-SESSION_TTL = 12 * 3600
+DEFAULT_MAX_AGE = 12 * 3600  # seconds from sign-in; settings.dashboard_session_max_hours
+IDLE_TTL = 12 * 3600  # a signed-in session unused this long ends sooner
+SESSION_TTL = DEFAULT_MAX_AGE  # kept for callers of the old name
 ANON_TTL = 3600
 THROTTLE_LIMIT = 5
 THROTTLE_WINDOW = 15 * 60
 INVITE_TTL = 72 * 3600
+MAX_TOKEN = 100
 
 
 def sign(token: str, key: bytes) -> str:
@@ -33,13 +44,16 @@ def sign(token: str, key: bytes) -> str:
 
 def unsign(value: str, key: bytes) -> str:
     """The token of a signed cookie value, or '' when the signature is wrong."""
+    if not value.isascii() or len(value) > 2 * MAX_TOKEN:  # undecodable or absurd cookie bytes
+        return ""
     token, _, mac = value.rpartition(".")
     expected = hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:32]
     return token if token and hmac.compare_digest(mac, expected) else ""
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogates (from undecodable bytes) must not raise here: they hash as replaced
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
 def _session_key(token: str) -> str:
@@ -50,48 +64,90 @@ def _user_sessions_key(user_id: int) -> str:
     return redis_keys.dashboard_user_sessions(user_id)
 
 
+def _generation_key(user_id: int) -> str:
+    return redis_keys.dashboard_user_generation(user_id)
+
+
 @dataclass(slots=True)
 class Session:
     token: str
     csrf: str
     user_id: int | None
     flash: str | None = None
+    born: float | None = None  # epoch seconds of the sign-in (signed-in sessions)
 
 
 class SessionStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, max_age: float = DEFAULT_MAX_AGE) -> None:
         self.redis = redis
+        self.max_age = max_age
 
-    async def create(self, user_id: int | None) -> Session:
+    def remaining(self, session: Session, now: float | None = None) -> float:
+        """Seconds this signed-in session may still live (0 when it is over)."""
+        if session.born is None:
+            return 0.0
+        return max(0.0, session.born + self.max_age - (time.time() if now is None else now))
+
+    async def generation(self, user_id: int) -> int:
+        """The user's current generation; read it *before* checking a password, so
+        that a sign-out-everywhere racing with the sign-in still ends the new session."""
+        value = await self.redis.get(_generation_key(user_id))
+        return int(value or 0)
+
+    async def create(self, user_id: int | None, *, generation: int | None = None) -> Session:
         token = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
-        ttl = SESSION_TTL if user_id is not None else ANON_TTL
         key = _session_key(token)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"csrf": csrf, "uid": "" if user_id is None else str(user_id)})
-        pipe.expire(key, ttl)
-        if user_id is not None:
-            pipe.sadd(_user_sessions_key(user_id), _digest(token))
-            pipe.expire(_user_sessions_key(user_id), SESSION_TTL)
+        if user_id is None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping={"csrf": csrf, "uid": ""})
+            pipe.expire(key, ANON_TTL)
+            await pipe.execute()
+            return Session(token, csrf, None)
+        if generation is None:
+            generation = await self.generation(user_id)
+        born = time.time()
+        lifetime_ms = max(1, int(self.max_age * 1000))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={"csrf": csrf, "uid": str(user_id), "born": repr(born),
+                                "gen": str(generation)})  # fmt: skip
+        pipe.pexpire(key, min(IDLE_TTL * 1000, lifetime_ms))
+        # The set outlives every member: this session is the newest, so its end is the latest.
+        pipe.sadd(_user_sessions_key(user_id), _digest(token))
+        pipe.pexpire(_user_sessions_key(user_id), lifetime_ms)
         await pipe.execute()
-        return Session(token, csrf, user_id)
+        return Session(token, csrf, user_id, born=born)
 
     async def load(self, token: str) -> Session | None:
-        if not token or len(token) > 100:
+        if not token or len(token) > MAX_TOKEN:
             return None
-        data = await self.redis.hgetall(_session_key(token))
+        key = _session_key(token)
+        data = await self.redis.hgetall(key)
         if not data or b"csrf" not in data:
             return None
-        uid = data.get(b"uid", b"").decode()
+        uid_text = data.get(b"uid", b"").decode()
         flash = data.get(b"flash")
-        return Session(
-            token, data[b"csrf"].decode(), int(uid) if uid else None,
-            flash.decode() if flash else None,
-        )  # fmt: skip
+        session = Session(token, data[b"csrf"].decode(), None, flash.decode() if flash else None)
+        if not uid_text:
+            return session
+        try:
+            user_id = int(uid_text)
+            born = float(data.get(b"born", b"").decode())
+            generation = int(data.get(b"gen", b"").decode())
+        except ValueError:  # a session from before sign-in times were kept: ended
+            await self.redis.delete(key)
+            return None
+        session.user_id, session.born = user_id, born
+        if self.remaining(session) <= 0 or generation != await self.generation(user_id):
+            await self.delete(session)
+            return None
+        return session
 
     async def touch(self, session: Session) -> None:
+        """Renew the idle timeout, never beyond the session's absolute end."""
         if session.user_id is not None:
-            await self.redis.expire(_session_key(session.token), SESSION_TTL)
+            ms = int(min(IDLE_TTL, self.remaining(session)) * 1000)
+            await self.redis.pexpire(_session_key(session.token), max(1, ms))
 
     async def delete(self, session: Session) -> None:
         await self.redis.delete(_session_key(session.token))
@@ -99,13 +155,20 @@ class SessionStore:
             await self.redis.srem(_user_sessions_key(session.user_id), _digest(session.token))
 
     async def delete_all_for_user(self, user_id: int) -> None:
-        """Sign a user out everywhere (password changed, account disabled)."""
+        """Sign a user out everywhere (asked for, password changed, account disabled).
+
+        The generation goes up first: from then on no session of this user made
+        before is accepted; deleting the keys listed in the set is tidying up."""
+        await self.redis.incr(_generation_key(user_id))
         digests = await self.redis.smembers(_user_sessions_key(user_id))
-        keys = [redis_keys.dashboard_session(d.decode()) for d in digests]
-        await self.redis.delete(_user_sessions_key(user_id), *keys)
+        pipe = self.redis.pipeline(transaction=False)
+        for d in digests:  # one key per command: works on a Redis Cluster too
+            pipe.delete(redis_keys.dashboard_session(d.decode()))
+        pipe.delete(_user_sessions_key(user_id))
+        await pipe.execute()
 
     async def set_flash(self, session: Session, message: str) -> None:
-        await self.redis.hset(_session_key(session.token), "flash", message)
+        await self.redis.hset(_session_key(session.token), "flash", message[:500])
 
     async def pop_flash(self, session: Session) -> str | None:
         if session.flash is None:
@@ -115,27 +178,53 @@ class SessionStore:
         return flash
 
 
+# Count first, verify after: INCR is atomic, so however many attempts arrive at
+# once, only the first THROTTLE_LIMIT of a window get as far as the password check.
+_ATTEMPT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+# A success takes back its own attempt (never more: wrong ones stay counted).
+_TAKE_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(redis.call('GET', KEYS[1])) > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
+
 class Throttle:
-    """At most THROTTLE_LIMIT failed sign-ins per email and client address per window."""
+    """At most THROTTLE_LIMIT sign-in attempts with a wrong password per email and
+    client address per window, even when they arrive all at once.
+
+    Every attempt is counted *before* its password is verified; once the count
+    is over the limit, attempts are refused unverified (the right password
+    too) until the window, counted from the first attempt, has passed."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._attempt = redis.register_script(_ATTEMPT)
+        self._take_back = redis.register_script(_TAKE_BACK)
 
     @staticmethod
     def _key(email: str, ip: str) -> str:
         return redis_keys.dashboard_failures(_digest(email.strip().lower() + "|" + ip))
 
+    async def attempt(self, email: str, ip: str) -> bool:
+        """Count one attempt; False when it is over the limit (refuse it unverified)."""
+        count = await self._attempt(keys=[self._key(email, ip)], args=[THROTTLE_WINDOW * 1000])
+        return int(count) <= THROTTLE_LIMIT
+
+    async def succeeded(self, email: str, ip: str) -> None:
+        await self._take_back(keys=[self._key(email, ip)])
+
     async def blocked(self, email: str, ip: str) -> bool:
+        """Whether the next attempt would be refused (read only)."""
         count = await self.redis.get(self._key(email, ip))
         return int(count or 0) >= THROTTLE_LIMIT
-
-    async def failed(self, email: str, ip: str) -> None:
-        key = self._key(email, ip)
-        if await self.redis.incr(key) == 1:
-            await self.redis.expire(key, THROTTLE_WINDOW)
-
-    async def reset(self, email: str, ip: str) -> None:
-        await self.redis.delete(self._key(email, ip))
 
 
 class Invites:
@@ -154,9 +243,13 @@ class Invites:
         return token
 
     async def peek(self, token: str) -> int | None:
+        if not token or len(token) > MAX_TOKEN:
+            return None
         value = await self.redis.get(self._key(token))
         return int(value) if value else None
 
     async def consume(self, token: str) -> int | None:
+        if not token or len(token) > MAX_TOKEN:
+            return None
         value = await self.redis.getdel(self._key(token))
         return int(value) if value else None

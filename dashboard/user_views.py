@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 from datetime import date
 
@@ -16,10 +17,13 @@ from dashboard.chart import spend_chart
 from dashboard.common import (
     FormError,
     current_user,
+    field,
     flash_redirect,
+    has_control,
     int_param,
     login_required,
     parse_amount,
+    query_text,
     render,
     state,
     take_flash,
@@ -33,6 +37,9 @@ from shared.money import units_to_usd, usd_str
 
 PAGE_SIZE = 50
 CSV_LIMIT = 100_000
+MAX_PAGE = 1_000_000  # beyond any real history; keeps the OFFSET a small integer
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_PAGE = re.compile(r"[0-9]{1,12}")
 
 
 @login_required
@@ -59,11 +66,11 @@ async def keys_list(request: web.Request) -> web.StreamResponse:
 async def key_create(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     form = await request.post()
-    name = str(form.get("name", "")).strip()
-    if not name or len(name) > 80:
-        return await _keys_page(request, error="Give the key a name (at most 80 characters).",
-                                status=400)  # fmt: skip
-    once = str(form.get("once", ""))
+    name = field(form, "name", 81).strip()
+    if not name or len(name) > 80 or has_control(name):
+        return await _keys_page(request, error="Give the key a name (at most 80 characters,"
+                                " no control characters).", status=400)  # fmt: skip
+    once = field(form, "once", 100)
     if once and not await state(request).redis.set(
         redis_keys.dashboard_form_once(once), 1, nx=True, ex=24 * 3600
     ):  # the same form sent again (a reload): no second key
@@ -91,13 +98,25 @@ async def key_revoke(request: web.Request) -> web.StreamResponse:
 
 
 def _filters(request: web.Request) -> tuple[date | None, str | None, str | None]:
-    day_text = request.query.get("day", "").strip()
-    model = request.query.get("model", "").strip()[:200] or None
-    try:
-        day = date.fromisoformat(day_text) if day_text else None
-    except ValueError:
-        return None, model, "The day must look like 2026-01-31."
+    day_text = query_text(request, "day", 40).strip()
+    model = query_text(request, "model", 200).strip() or None
+    day = None
+    if day_text:
+        try:
+            if not _DAY.fullmatch(day_text):
+                raise ValueError(day_text)
+            day = date.fromisoformat(day_text)
+            if not 1 <= day.year <= 9998:  # a day with a next day (the query's end)
+                raise ValueError(day_text)
+        except ValueError:
+            return None, model, "The day must look like 2026-01-31."
     return day, model, None
+
+
+def _page(request: web.Request) -> int:
+    """The page asked for, clamped to 1..MAX_PAGE (anything not a number is page 1)."""
+    text = request.query.get("page", "1").strip()
+    return min(MAX_PAGE, max(1, int(text))) if _PAGE.fullmatch(text) else 1
 
 
 @login_required
@@ -105,12 +124,13 @@ async def usage(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     st = state(request)
     day, model, error = _filters(request)
-    try:
-        page = max(1, int(request.query.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = _page(request)
     rows, total = await q.usage_page(st.pg, user.id, day=day, model=model, limit=PAGE_SIZE,
                                      offset=(page - 1) * PAGE_SIZE)  # fmt: skip
+    if page > max(1, -(-total // PAGE_SIZE)):  # past the end: show the last page
+        page = max(1, -(-total // PAGE_SIZE))
+        rows, total = await q.usage_page(st.pg, user.id, day=day, model=model, limit=PAGE_SIZE,
+                                         offset=(page - 1) * PAGE_SIZE)  # fmt: skip
     held = units_to_usd(await st.view.held_units(user.id))
     fresh = await users.by_id(st.pg, user.id)
     assert fresh is not None
@@ -166,8 +186,13 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
 
 @login_required
 async def settings_page(request: web.Request) -> web.StreamResponse:
-    return render(request, "settings.html", {"title": "Alerts",
+    return render(request, "settings.html", {"title": "Alerts", **_session_facts(request),
                   "flash": await take_flash(request)})  # fmt: skip
+
+
+def _session_facts(request: web.Request) -> dict:
+    hours = state(request).settings.dashboard_session_max_hours
+    return {"session_hours": f"{hours:g}"}
 
 
 @login_required
@@ -177,13 +202,13 @@ async def settings_save(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     try:
         fields = {
-            name: parse_amount(str(form.get(name, "")), label, allow_blank=True, minimum=0)
+            name: parse_amount(field(form, name), label, allow_blank=True, negative=False)
             for name, label in (("daily_alert_usd", "Daily alert"),
                                 ("low_balance_usd", "Low balance alert"))
         }  # fmt: skip
     except FormError as exc:
-        return render(request, "settings.html", {"title": "Alerts", "error": str(exc)},
-                      status=400)  # fmt: skip
+        return render(request, "settings.html", {"title": "Alerts", "error": str(exc),
+                      **_session_facts(request)}, status=400)  # fmt: skip
     await users.update(st.pg, user.id, **fields)
     await st.notify(invalidation.user_message(user.id))
     await flash_redirect(request, "/settings", "Alert settings saved.")

@@ -83,8 +83,15 @@ def dashboard_user_sessions(user_id: int) -> str:
     return f"{PREFIX}:dash:usess:{user_id}"
 
 
+def dashboard_user_generation(user_id: int) -> str:
+    """Integer bumped when a user is signed out everywhere: a session made under an
+    older generation is refused on load, whether or not the session set still lists it."""
+    return f"{PREFIX}:dash:ugen:{user_id}"
+
+
 def dashboard_failures(email_and_ip_digest: str) -> str:
-    """Counter of failed sign-ins for one email and address (throttling)."""
+    """Counter of sign-in attempts for one email and address in the throttling window
+    (counted before the password is verified; a success takes its own count back)."""
     return f"{PREFIX}:dash:fail:{email_and_ip_digest}"
 
 

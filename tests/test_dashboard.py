@@ -245,7 +245,7 @@ async def test_balance_held_and_alert_settings(pg, redis, browser: Browser):
     _, text, _ = await browser.get("/settings")
     assert 'value="7.5"' in text and "Alert settings saved" in text
     status, text, _ = await browser.post("/settings", {"daily_alert_usd": "-1"})
-    assert status == 400 and "at least 0" in text
+    assert status == 400 and "must not be negative" in text
 
 
 async def test_invite_link_sets_a_password_once(pg, browser: Browser, other_browser: Browser):
