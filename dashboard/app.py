@@ -17,6 +17,7 @@ from dashboard.sessions import Invites, SessionStore, Throttle
 from shared.balance_view import BalanceView
 from shared.config import Settings
 from shared.db.pool import create_pool
+from shared.http_server import ClientLimits, GuardedAppRunner, serve
 from shared.keys import derive_key
 
 HERE = Path(__file__).resolve().parent
@@ -92,9 +93,17 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def make_runner(settings: Settings) -> web.AppRunner:
+    """The dashboard app in a runner with the client limits (slow or huge clients)."""
+    return GuardedAppRunner(
+        create_app(settings), ClientLimits.from_settings(settings), access_log=None
+    )
+
+
 def run(settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> None:
     """Serve the dashboard until interrupted (`meterway dashboard`)."""
-    web.run_app(
-        create_app(settings), host=host, port=port or settings.dashboard_port, access_log=None,
-        print=lambda _: print(f"dashboard on http://{host}:{port or settings.dashboard_port}"),
+    port = port or settings.dashboard_port
+    serve(
+        create_app(settings), ClientLimits.from_settings(settings), host=host, port=port,
+        access_log=None, on_start=lambda: print(f"dashboard on http://{host}:{port}"),
     )  # fmt: skip

@@ -15,6 +15,7 @@ from shared.db import users as db_users
 from shared.money import units_to_usd, usd_str
 
 MAX_USAGE_LIMIT = 1000
+_LIMIT_RULE = f"limit must be an integer from 1 to {MAX_USAGE_LIMIT}"
 
 
 def _json(data: object, request_id: str) -> web.Response:
@@ -77,12 +78,12 @@ async def account_usage(request: web.Request) -> web.Response:
 
 
 def _limit(raw: str | None) -> int:
+    """`?limit=N`: plain ASCII digits only (no sign, exponent, spaces or other scripts)."""
     if raw is None:
         return 50
-    try:
-        limit = int(raw)
-    except ValueError as exc:
-        raise ProxyError(400, "limit must be an integer from 1 to 1000") from exc
+    if not (0 < len(raw) <= 4 and raw.isascii() and raw.isdigit()):
+        raise ProxyError(400, _LIMIT_RULE, code="invalid_limit")
+    limit = int(raw)
     if not 1 <= limit <= MAX_USAGE_LIMIT:
-        raise ProxyError(400, "limit must be an integer from 1 to 1000")
+        raise ProxyError(400, _LIMIT_RULE, code="invalid_limit")
     return limit

@@ -26,6 +26,7 @@ from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
+from shared.http_server import ClientLimits, GuardedAppRunner, serve
 from shared.keys import SecretBox
 from shared.script_runner import ScriptRunner
 from shared.usage_queue import UsageQueue
@@ -113,5 +114,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await runner.close()
 
 
+def make_runner(settings: Settings) -> web.AppRunner:
+    """The proxy app in a runner with the client limits (slow or huge clients)."""
+    return GuardedAppRunner(
+        create_app(settings), ClientLimits.from_settings(settings), access_log=None
+    )
+
+
 def run(settings: Settings, host: str, port: int) -> None:
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    serve(
+        create_app(settings),
+        ClientLimits.from_settings(settings),
+        host=host,
+        port=port,
+        access_log=None,
+    )

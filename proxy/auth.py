@@ -17,6 +17,9 @@ from shared.db import api_keys
 from shared.db.api_keys import KeyOwner
 from shared.keys import hash_proxy_key
 
+# Far above any proxy key: longer ones are refused without hashing or a Postgres read.
+_MAX_KEY_CHARS = 256
+
 
 def presented_key(request: web.Request, *, allow_x_api_key: bool) -> str | None:
     """The proxy key the client sent: `Authorization: Bearer` or `x-api-key`."""
@@ -42,6 +45,8 @@ class KeyCache:
 
     async def lookup(self, key: str) -> KeyOwner | None:
         """The usable owner of `key`, or None when unknown, revoked or disabled."""
+        if len(key) > _MAX_KEY_CHARS or not key.isascii():
+            return None  # never a proxy key (header bytes beyond ASCII arrive as surrogates)
         key_hash = hash_proxy_key(key)
         entry = self._entries.get(key_hash)
         if entry is not None and entry[1] > time.monotonic():

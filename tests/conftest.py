@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from proxy.app import create_app
+from proxy.app import make_runner
 from shared import invalidation
 from shared.balance_view import BalanceView
 from shared.config import REPO_ROOT, Settings
@@ -158,7 +158,7 @@ async def provider_keys(pg: asyncpg.Pool) -> dict[str, int]:
 
 
 async def start_proxy(settings: Settings) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = make_runner(settings)  # with the real client limits of `settings`
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.proxy_port).start()
     return runner, f"http://127.0.0.1:{settings.proxy_port}"
