@@ -10,6 +10,14 @@ from collections.abc import Awaitable, Callable
 from meterway.context import CommandError, Context, open_context
 from shared.config import Settings, get_settings
 from shared.logs import configure_logging, use_fast_event_loop
+from shared.passwords import MIN_PASSWORD
+
+_AMOUNT_HELP = (
+    "USD as a plain decimal such as 25 or -0.5 (at most 12 digits after the point,"
+    " below 1000000000 in absolute value); negative removes credit"
+)
+_THRESHOLD_HELP = "USD, a plain non-negative decimal (at most 12 digits after the point)"
+_MULTIPLIER_HELP = "a plain decimal above 0 and at most 1000 (at most 6 digits after the point)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,13 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     create = user.add_parser("create")
     create.add_argument("email")
     create.add_argument("--admin", action="store_true")
-    create.add_argument("--password")
-    create.add_argument("--rate-multiplier")
+    create.add_argument(
+        "--password", help=f"dashboard password, at least {MIN_PASSWORD} characters"
+    )
+    create.add_argument("--rate-multiplier", help=_MULTIPLIER_HELP)
     uset = user.add_parser("set")
     uset.add_argument("email")
-    uset.add_argument("--rate-multiplier")
-    uset.add_argument("--daily-alert-usd")
-    uset.add_argument("--low-balance-usd")
+    uset.add_argument("--rate-multiplier", help=_MULTIPLIER_HELP)
+    uset.add_argument("--daily-alert-usd", help=_THRESHOLD_HELP)
+    uset.add_argument("--low-balance-usd", help=_THRESHOLD_HELP)
     uset.add_argument("--disabled", choices=["true", "false"])
 
     credits = sub.add_parser("credits", help="add or remove credit").add_subparsers(
@@ -57,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = credits.add_parser("add")
     add.add_argument("email")
-    add.add_argument("amount_usd")
+    add.add_argument("amount_usd", metavar="AMOUNT_USD", help=_AMOUNT_HELP)
     add.add_argument("--note")
 
     key = sub.add_parser("key", help="proxy API keys").add_subparsers(dest="action", required=True)
@@ -74,9 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     pkey = sub.add_parser("provider-key", help="upstream provider keys").add_subparsers(
         dest="action", required=True
     )
-    pa = pkey.add_parser("add")
-    pa.add_argument("provider")
-    pa.add_argument("secret")
+    pa = pkey.add_parser(
+        "add",
+        help="store an upstream key, encrypted (secret from stdin or the environment)",
+        description="Store an upstream provider key, encrypted at rest. Give the secret\n"
+        "exactly once; prefer '-' or --secret-env: then it is not in `ps` or shell history.",
+        epilog="examples:\n"
+        "  meterway provider-key add openai - < key.txt\n"
+        '  printf %s "$KEY" | meterway provider-key add openai -\n'
+        "  OPENAI_KEY=... meterway provider-key add openai --secret-env OPENAI_KEY",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pa.add_argument("provider", help="openai or anthropic")
+    pa.add_argument(
+        "secret",
+        nargs="?",
+        metavar="SECRET|-",
+        help="'-' reads the secret from stdin (one trailing newline is dropped);"
+        " a literal SECRET still works but shows in `ps` and shell history",
+    )
+    pa.add_argument(
+        "--secret-env",
+        metavar="VAR",
+        help="read the secret from the environment variable VAR",
+    )
     pa.add_argument("--name", default="")
     pl = pkey.add_parser("list")
     pl.add_argument("provider", nargs="?")
@@ -91,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     prov.add_parser("resume").add_argument("provider")
     ps = prov.add_parser("set")
     ps.add_argument("provider")
-    ps.add_argument("--warn-usd")
-    ps.add_argument("--stop-usd")
+    ps.add_argument("--warn-usd", help=_THRESHOLD_HELP)
+    ps.add_argument("--stop-usd", help=_THRESHOLD_HELP)
     prov.add_parser("list").add_argument("--json", action="store_true")
     return p
 
@@ -116,7 +147,9 @@ def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]
         ("key", "create"): lambda c: accounts.key_create(c, a.email, a.name, a.rpm, a.tpm),
         ("key", "list"): lambda c: accounts.key_list(c, a.email, a.json),
         ("key", "revoke"): lambda c: accounts.key_revoke(c, a.key_or_id),
-        ("provider-key", "add"): lambda c: providers.key_add(c, a.provider, a.secret, a.name),
+        ("provider-key", "add"): lambda c: providers.key_add(
+            c, a.provider, a.secret, a.secret_env, a.name
+        ),
         ("provider-key", "list"): lambda c: providers.key_list(c, a.provider, a.json),
         ("provider-key", "disable"): lambda c: providers.key_set_status(c, a.id, "disabled"),
         ("provider-key", "enable"): lambda c: providers.key_set_status(c, a.id, "active"),

@@ -118,3 +118,22 @@ def parse_multiplier(text: str, what: str = "rate multiplier") -> Decimal:
     if not 0 < value <= MAX_MULTIPLIER:
         raise AmountError(f"{what} must be above 0 and at most 1000")
     return value
+
+
+# --- the range of a balance ------------------------------------------------------------------
+
+# A user's balance stays below this in absolute value (exclusive), whatever moves
+# it: the Redis view keeps balances as integer nano-USD changed with HINCRBY, and
+# every change to Postgres is checked against this bound first.
+MAX_BALANCE = Decimal(1_000_000_000)
+
+
+class BalanceOutOfRange(AmountError):
+    """A balance change refused because the balance would reach MAX_BALANCE in
+    absolute value; nothing was changed. The message is one line for people."""
+
+
+def add_exact(a: Decimal, b: Decimal) -> Decimal:
+    """a + b without rounding (raises rather than lose a digit)."""
+    with exact():
+        return a + b

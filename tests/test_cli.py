@@ -58,18 +58,20 @@ class Cli:
         self.env = env
         self.cwd = cwd
 
-    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+    async def __call__(
+        self, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    ) -> Result:
         proc = await asyncio.create_subprocess_exec(
             *CLI,
             *args,
             env=self.env if env is None else env,
             cwd=self.cwd,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+            out, err = await asyncio.wait_for(proc.communicate(stdin), TIMEOUT)
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -77,15 +79,19 @@ class Cli:
         assert proc.returncode is not None
         return Result(args, proc.returncode, out.decode(), err.decode())
 
-    async def ok(self, *args: str) -> Result:
-        result = await self(*args)
+    async def ok(
+        self, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    ) -> Result:
+        result = await self(*args, env=env, stdin=stdin)
         assert result.rc == 0, result
         assert result.err == "", result
         return result
 
-    async def fails(self, *args: str, env: dict[str, str] | None = None) -> Result:
+    async def fails(
+        self, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    ) -> Result:
         """A command error: non-zero exit and exactly one `meterway: ...` line on stderr."""
-        result = await self(*args, env=env)
+        result = await self(*args, env=env, stdin=stdin)
         assert result.rc != 0, result
         lines = result.err.splitlines()
         assert len(lines) == 1, result
@@ -231,14 +237,15 @@ async def test_dashboard_command_serves_the_sign_in_page(cli: Cli) -> None:
 
 async def test_user_create(cli: Cli, pg: asyncpg.Pool) -> None:
     email = new_email()
-    r = await cli.ok("user", "create", email, "--rate-multiplier", "1.5", "--password", "pw")
+    password = "pw-0123456"  # the dashboard's rule: at least 10 characters
+    r = await cli.ok("user", "create", email, "--rate-multiplier", "1.5", "--password", password)
     assert email in r.out
     row = await user_row(pg, email)
     assert row["rate_multiplier"] == Decimal("1.5")
     assert str(row["rate_multiplier"]) == "1.5"  # exact NUMERIC, not a float
     assert row["password_hash"].startswith("$argon2")
-    assert row["password_hash"] != "pw"
-    assert PasswordHasher().verify(row["password_hash"], "pw")
+    assert password not in row["password_hash"]
+    assert PasswordHasher().verify(row["password_hash"], password)
     assert row["is_admin"] is False
     assert row["disabled"] is False
     assert row["balance_usd"] == 0
@@ -252,12 +259,70 @@ async def test_user_create(cli: Cli, pg: asyncpg.Pool) -> None:
         cli.fails("user", "create", new_email(), "--rate-multiplier", "-1"),
         cli.ok("user", "create", admin_email, "--admin"),
     )
+    assert "--rate-multiplier" in results[3].err
     assert all(r.out == "" for r in results[:-1])
     assert await pg.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 1
     admin_row = await user_row(pg, admin_email)
     assert admin_row["is_admin"] is True
     assert admin_row["password_hash"] is None
     assert admin_row["rate_multiplier"] == 1
+
+
+async def test_user_create_refuses_short_passwords(cli: Cli, pg: asyncpg.Pool) -> None:
+    emails = [new_email() for _ in range(3)]
+    results = await asyncio.gather(
+        cli.fails("user", "create", emails[0], "--password", "a"),
+        cli.fails("user", "create", emails[1], "--password", "123456789"),  # 9 characters
+        cli.fails("user", "create", emails[2], "--password", ""),
+    )
+    for r in results:
+        assert "at least 10 characters" in r.err, r
+        assert r.out == "", r
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE email = ANY($1)", emails) == 0
+    ok = new_email()
+    await cli.ok("user", "create", ok, "--password", "1234567890")  # 10: enough
+    assert PasswordHasher().verify((await user_row(pg, ok))["password_hash"], "1234567890")
+
+
+async def test_user_multipliers_and_thresholds_are_plain_decimals(
+    cli: Cli, pg: asyncpg.Pool
+) -> None:
+    refused = ["1e1", "1E1", "0", "0.0", "-1", "1000.000001", "1001", "1.1234567", "NaN",
+               "Infinity", "+1", "1_0", "\u0661", ".5", "1.", "0x1", ""]  # fmt: skip
+    results = await asyncio.gather(
+        *(cli.fails("user", "create", new_email(), "--rate-multiplier", r) for r in refused)
+    )
+    for r in results:
+        assert "--rate-multiplier" in r.err and r.out == "", r
+    fine = {"1000": Decimal(1000), "0.000001": Decimal("0.000001"), "2.5": Decimal("2.5")}
+    for text, value in fine.items():
+        email = new_email()
+        await cli.ok("user", "create", email, "--rate-multiplier", text)
+        assert (await user_row(pg, email))["rate_multiplier"] == value
+
+    email = new_email()
+    await cli.ok("user", "create", email)
+    before = await user_row(pg, email)
+    results = await asyncio.gather(
+        cli.fails("user", "set", email, "--rate-multiplier", "1e2"),
+        cli.fails("user", "set", email, "--rate-multiplier", "0"),
+        cli.fails("user", "set", email, "--daily-alert-usd", "1e999"),
+        cli.fails("user", "set", email, "--daily-alert-usd", "5e-1"),
+        cli.fails("user", "set", email, "--low-balance-usd", "-0.5"),
+        cli.fails("user", "set", email, "--low-balance-usd", "1000000000"),
+        cli.fails("user", "set", email, "--low-balance-usd", "0.0000000000001"),  # 13 digits
+    )
+    assert all(r.out == "" for r in results)
+    assert "--daily-alert-usd" in results[2].err and "--low-balance-usd" in results[4].err
+    assert await user_row(pg, email) == before
+    await cli.ok(
+        "user", "set", email, "--rate-multiplier", "0.123456",
+        "--daily-alert-usd", "999999999.999999999999", "--low-balance-usd", "0.000000000001",
+    )  # fmt: skip
+    row = await user_row(pg, email)
+    assert row["rate_multiplier"] == Decimal("0.123456")
+    assert row["daily_alert_usd"] == Decimal("999999999.999999999999")
+    assert row["low_balance_usd"] == Decimal("0.000000000001")
 
 
 async def test_user_set(cli: Cli, pg: asyncpg.Pool) -> None:
@@ -324,15 +389,61 @@ async def test_credits_add_exact_ledger_and_redis_view(
     assert view[b"units"] == b"10045678901"  # floor(balance * 1e9), an exact integer
     assert int(view[b"ver"]) == row["balance_version"] == 2
 
-    await asyncio.gather(
-        cli.fails("credits", "add", email, "ten"),
-        cli.fails("credits", "add", email, "NaN"),
-        cli.fails("credits", "add", email, "Infinity"),
+    refused = [
+        "ten", "NaN", "Infinity", "inf", "sNaN",
+        # exponents, however small or large (1e999 once became inf in the hold script)
+        "1e999", "1E999", "1e3", "5e-1", "0e0",
+        # 13 digits after the point; 1e9 or more in absolute value
+        "0.0000000000001", "1000000000", "-1000000000", "1000000000.5", "99999999999999",
+        # no sign but a leading minus, no separators, no other digits, no bare points
+        "+5", "1_000", "1,5", "1 000", "0x10", "\u0665", ".5", "5.", "",
+    ]  # fmt: skip
+    results = await asyncio.gather(
+        *(cli.fails("credits", "add", email, text) for text in refused),
         cli.fails("credits", "add", new_email(), "5"),  # unknown user
     )
+    for r in results[:-1]:
+        assert "AMOUNT_USD" in r.err and r.out == "", r
     assert (await user_row(pg, email))["balance_usd"] == Decimal("10.045678901")
     assert await pg.fetchval("SELECT count(*) FROM ledger WHERE user_id = $1", user_id) == 2
     assert (await redis.hget(redis_keys.balance(user_id), "units")) == b"10045678901"
+
+    # 12 digits after the point are kept to the last one, with the rest of the balance
+    r = await cli.ok("credits", "add", email, "0.000000000001")
+    assert "10.045678901001" in r.out
+    assert (await user_row(pg, email))["balance_usd"] == Decimal("10.045678901001")
+
+
+async def test_credits_keep_the_balance_below_a_billion(
+    cli: Cli, pg: asyncpg.Pool, redis: Redis
+) -> None:
+    """The Redis view holds a balance as integer nano-USD: a change that takes a
+    balance to 1e9 USD or beyond (either way) is refused and changes nothing."""
+    email = new_email()
+    await cli.ok("user", "create", email)
+    user_id = (await user_row(pg, email))["id"]
+    try:
+        await cli.ok("credits", "add", email, "999999999.999999999999")
+        refused = await cli.fails("credits", "add", email, "0.000000000001")
+        assert "1000000000" in refused.err and refused.out == "", refused
+        row = await user_row(pg, email)
+        assert row["balance_usd"] == Decimal("999999999.999999999999")
+        assert await pg.fetchval("SELECT count(*) FROM ledger WHERE user_id = $1", user_id) == 1
+        assert await redis.hget(redis_keys.balance(user_id), "units") == b"999999999999999999"
+        assert int(await redis.hget(redis_keys.balance(user_id), "ver")) == 1
+
+        # down to the other end: -999999999.999999999999 is the lowest balance
+        await cli.ok("credits", "add", email, "-999999999.999999999999")
+        await cli.ok("credits", "add", email, "-999999999.999999999999")
+        refused = await cli.fails("credits", "add", email, "-0.000000000001")
+        assert "1000000000" in refused.err, refused
+        row = await user_row(pg, email)
+        assert row["balance_usd"] == Decimal("-999999999.999999999999")
+        assert row["balance_version"] == 3
+        assert await redis.hget(redis_keys.balance(user_id), "units") == b"-1000000000000000000"
+    finally:
+        await cli("credits", "add", email, "999999999.999999999999")  # back to zero
+    assert (await user_row(pg, email))["balance_usd"] == 0
 
 
 # --- proxy keys -------------------------------------------------------------------------------
@@ -479,6 +590,82 @@ async def test_provider_key_lifecycle(cli: Cli, cli_env: dict[str, str], pg: asy
         await pg.execute("DELETE FROM provider_keys WHERE id = $1", key_id)
 
 
+async def test_provider_key_secret_from_stdin_or_the_environment(
+    cli: Cli, cli_env: dict[str, str], pg: asyncpg.Pool
+) -> None:
+    """`-` reads the secret from stdin and `--secret-env VAR` from the environment,
+    so it need not be in `ps` or shell history; exactly one source is taken."""
+    from_stdin = "sk-stdin-" + uuid.uuid4().hex
+    from_env = "sk-env-" + uuid.uuid4().hex
+    crlf = "sk-crlf-" + uuid.uuid4().hex
+    env = {**cli_env, "MW_TEST_KEY": from_env, "MW_EMPTY_KEY": ""}
+    before = await provider_key_ids(pg)
+    try:
+        r1 = await cli.ok(
+            "provider-key", "add", "openai", "-", "--name", "in", stdin=from_stdin.encode() + b"\n"
+        )
+        r2 = await cli.ok(
+            "provider-key",
+            "add",
+            "anthropic",
+            "--secret-env",
+            "MW_TEST_KEY",
+            "--name",
+            "env",
+            env=env,
+        )
+        r3 = await cli.ok("provider-key", "add", "openai", "-", stdin=crlf.encode() + b"\r\n")
+        r4 = await cli.ok(
+            "provider-key", "add", "openai", "-", stdin=from_stdin.encode()
+        )  # no newline
+        added = sorted(await provider_key_ids(pg) - before)
+        assert len(added) == 4
+        box = SecretBox(SECRET_KEY)
+        rows = await pg.fetch(
+            "SELECT provider, name, secret_enc FROM provider_keys WHERE id = ANY($1) ORDER BY id",
+            added,
+        )
+        stored = [(r["provider"], r["name"], box.decrypt(bytes(r["secret_enc"]))) for r in rows]
+        assert stored == [
+            ("openai", "in", from_stdin),
+            ("anthropic", "env", from_env),
+            ("openai", "", crlf),
+            ("openai", "", from_stdin),
+        ]
+        for r, secret in ((r1, from_stdin), (r2, from_env), (r3, crlf), (r4, from_stdin)):
+            assert secret not in r.out + r.err, r
+        for secret in (from_stdin, from_env, crlf):
+            assert await columns_containing(pg, secret) == []
+
+        other = "sk-other-" + uuid.uuid4().hex
+        results = await asyncio.gather(
+            cli.fails("provider-key", "add", "openai"),  # no source
+            cli.fails("provider-key", "add", "openai", other, "--secret-env", "MW_TEST_KEY", env=env),
+            cli.fails("provider-key", "add", "openai", "-", "--secret-env", "MW_TEST_KEY", env=env, stdin=other.encode()),
+            cli.fails("provider-key", "add", "openai", "-", stdin=b""),  # empty stdin
+            cli.fails("provider-key", "add", "openai", "-", stdin=b"\n"),
+            cli.fails("provider-key", "add", "openai", "-"),  # stdin is /dev/null
+            cli.fails("provider-key", "add", "openai", "--secret-env", "MW_UNSET_KEY", env=env),
+            cli.fails("provider-key", "add", "openai", "--secret-env", "MW_EMPTY_KEY", env=env),
+            cli.fails("provider-key", "add", "openai", "-", stdin=other.encode() + b"\n\nmore\n"),
+            cli.fails("provider-key", "add", "mistral", "-", stdin=other.encode()),
+        )  # fmt: skip
+        for r in results:
+            assert other not in r.out + r.err and from_env not in r.out + r.err, r
+        assert "exactly once" in results[0].err and "exactly once" in results[1].err
+        assert "stdin" in results[3].err and "MW_UNSET_KEY" in results[6].err
+        assert "MW_EMPTY_KEY" in results[7].err
+        assert await provider_key_ids(pg) - before == set(added)
+
+        usage = await cli.ok("provider-key", "add", "--help")
+        assert "--secret-env VAR" in usage.out and "stdin" in usage.out
+        assert "provider-key add openai -" in usage.out
+    finally:
+        await pg.execute(
+            "DELETE FROM provider_keys WHERE id = ANY($1)", [*(await provider_key_ids(pg) - before)]
+        )
+
+
 async def test_provider_key_list_never_shows_a_short_secret(cli: Cli, pg: asyncpg.Pool) -> None:
     secret = "sk-" + uuid.uuid4().hex[:7]  # 10 characters
     before = await provider_key_ids(pg)
@@ -534,11 +721,17 @@ async def test_provider_set_thresholds(cli: Cli, pg: asyncpg.Pool) -> None:
     Decimal(openai["spend_today_usd"])
     assert "openai" in table.out and "anthropic" in table.out
 
-    await asyncio.gather(
+    results = await asyncio.gather(
         cli.fails("provider", "set", "openai"),  # nothing to change
         cli.fails("provider", "set", "openai", "--warn-usd", "fifty"),
         cli.fails("provider", "set", "mistral", "--warn-usd", "1"),
+        cli.fails("provider", "set", "openai", "--warn-usd", "1e2"),
+        cli.fails("provider", "set", "openai", "--stop-usd", "-1"),
+        cli.fails("provider", "set", "openai", "--stop-usd", "1e999"),
+        cli.fails("provider", "set", "openai", "--warn-usd", "1", "--stop-usd", "Infinity"),
+        cli.fails("provider", "set", "openai", "--stop-usd", "1000000000"),
     )
+    assert "--warn-usd" in results[3].err and "--stop-usd" in results[4].err
     row = await pg.fetchrow("SELECT warn_usd, stop_usd FROM providers WHERE name = 'openai'")
     assert (row["warn_usd"], row["stop_usd"]) == (Decimal(50), Decimal(100))
 

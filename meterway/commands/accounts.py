@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -12,17 +12,26 @@ from meterway.context import CommandError, Context
 from shared import invalidation
 from shared.db import api_keys, users
 from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
-from shared.money import usd_str
+from shared.money import AmountError, BalanceOutOfRange, parse_amount, parse_multiplier, usd_str
+from shared.passwords import password_problem
 
 
-def parse_usd(text: str, what: str = "amount") -> Decimal:
+def amount_arg(text: str, what: str = "amount", *, negative: bool = True) -> Decimal:
+    """A typed amount (contract section 10: a plain decimal, at most 12 digits
+    after the point, below 1e9 in absolute value), or a one-line CommandError."""
     try:
-        value = Decimal(text)
-    except InvalidOperation as exc:
-        raise CommandError(f"{what} must be a decimal number, got {text!r}") from exc
-    if not value.is_finite():
-        raise CommandError(f"{what} must be a finite number")
-    return value
+        return parse_amount(text, what, negative=negative)
+    except AmountError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def multiplier_arg(text: str, what: str = "rate multiplier") -> Decimal:
+    """A typed rate multiplier: a plain decimal in (0, 1000], at most 6 digits
+    after the point, or a one-line CommandError."""
+    try:
+        return parse_multiplier(text, what)
+    except AmountError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 async def find_user(ctx: Context, email: str) -> users.User:
@@ -37,10 +46,12 @@ async def user_create(
 ) -> None:
     if "@" not in email:
         raise CommandError(f"not an email address: {email}")
-    rate_value = parse_usd(rate, "rate multiplier") if rate is not None else Decimal(1)
-    if rate_value < 0:
-        raise CommandError("rate multiplier must not be negative")
-    hashed = PasswordHasher().hash(password) if password else None
+    rate_value = multiplier_arg(rate, "--rate-multiplier") if rate is not None else Decimal(1)
+    if password is not None:
+        problem = password_problem(password)
+        if problem is not None:
+            raise CommandError(f"--password: {problem}")
+    hashed = PasswordHasher().hash(password) if password is not None else None
     try:
         user = await users.create(
             ctx.pg, email, is_admin=admin, password_hash=hashed, rate_multiplier=rate_value
@@ -53,12 +64,12 @@ async def user_create(
 async def user_set(ctx: Context, email: str, **changes: str | None) -> None:
     user = await find_user(ctx, email)
     fields: dict[str, object] = {}
-    for name in ("rate_multiplier", "daily_alert_usd", "low_balance_usd"):
+    if changes.get("rate_multiplier") is not None:
+        fields["rate_multiplier"] = multiplier_arg(changes["rate_multiplier"], "--rate-multiplier")
+    for name in ("daily_alert_usd", "low_balance_usd"):
         if changes.get(name) is not None:
-            value = parse_usd(changes[name], name.replace("_", " "))
-            if value < 0:
-                raise CommandError(f"{name.replace('_', ' ')} must not be negative")
-            fields[name] = value
+            option = "--" + name.replace("_", "-")
+            fields[name] = amount_arg(changes[name], option, negative=False)
     if changes.get("disabled") is not None:
         if changes["disabled"] not in ("true", "false"):
             raise CommandError("--disabled takes true or false")
@@ -71,13 +82,16 @@ async def user_set(ctx: Context, email: str, **changes: str | None) -> None:
 
 
 async def credits_add(ctx: Context, email: str, amount_text: str, note: str | None) -> None:
-    amount = parse_usd(amount_text)
+    amount = amount_arg(amount_text, "AMOUNT_USD")
     user = await find_user(ctx, email)
     kind = "topup" if amount >= 0 else "adjustment"
-    async with ctx.pg.transaction():
-        balance, version = await users.change_balance(
-            ctx.pg, user.id, amount, kind=kind, note=note or "meterway credits add"
-        )
+    try:
+        async with ctx.pg.transaction():
+            balance, version = await users.change_balance(
+                ctx.pg, user.id, amount, kind=kind, note=note or "meterway credits add"
+            )
+    except BalanceOutOfRange as exc:
+        raise CommandError(f"{user.email}: {exc}") from exc
     await ctx.publish_balance(user.id, balance, version)
     print(f"{user.email}: balance {usd_str(balance)} USD")
 

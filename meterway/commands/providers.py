@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from typing import TextIO
 
 from redis.exceptions import RedisError
 
-from meterway.commands.accounts import parse_usd
+from meterway.commands.accounts import amount_arg
 from meterway.context import CommandError, Context
 from shared import invalidation, provider_state
 from shared.catalog import PROVIDERS
@@ -22,8 +25,50 @@ def check_provider(name: str) -> str:
     return name
 
 
-async def key_add(ctx: Context, provider: str, secret: str, name: str) -> None:
+STDIN = "-"
+
+
+def read_secret(
+    positional: str | None,
+    env_var: str | None,
+    *,
+    stdin: TextIO | None = None,
+    environ: dict[str, str] | None = None,
+) -> str:
+    """The provider key's secret from exactly one source: `-` (stdin, one
+    trailing newline stripped), `--secret-env VAR`, or the positional SECRET
+    (kept for compatibility; it shows in `ps` and shell history). Errors never
+    contain the secret."""
+    if (positional is None) == (env_var is None):
+        raise CommandError(
+            "give the secret exactly once: '-' to read it from stdin, --secret-env VAR, or SECRET"
+        )
+    if env_var is not None:
+        secret = (os.environ if environ is None else environ).get(env_var, "")
+        where = f"environment variable {env_var}"
+        if not secret:
+            raise CommandError(f"{where} is not set or empty")
+    elif positional == STDIN:
+        secret = (sys.stdin if stdin is None else stdin).read()
+        secret = secret.removesuffix("\n").removesuffix("\r")
+        where = "stdin"
+        if not secret:
+            raise CommandError("no secret on stdin")
+    else:
+        secret = positional
+        where = "SECRET"
+        if not secret:
+            raise CommandError("the secret is empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in secret):
+        raise CommandError(f"the secret from {where} must be one word without spaces or lines")
+    return secret
+
+
+async def key_add(
+    ctx: Context, provider: str, secret_arg: str | None, secret_env: str | None, name: str
+) -> None:
     check_provider(provider)
+    secret = read_secret(secret_arg, secret_env)
     try:
         box = SecretBox(ctx.settings.require_secret_key())
     except RuntimeError as exc:
@@ -86,10 +131,8 @@ async def set_thresholds(ctx: Context, provider: str, warn: str | None, stop: st
     check_provider(provider)
     if warn is None and stop is None:
         raise CommandError("nothing to change: give --warn-usd and/or --stop-usd")
-    warn_usd = parse_usd(warn, "--warn-usd") if warn is not None else None
-    stop_usd = parse_usd(stop, "--stop-usd") if stop is not None else None
-    if any(v is not None and v < 0 for v in (warn_usd, stop_usd)):
-        raise CommandError("thresholds must not be negative")
+    warn_usd = amount_arg(warn, "--warn-usd", negative=False) if warn is not None else None
+    stop_usd = amount_arg(stop, "--stop-usd", negative=False) if stop is not None else None
     await db.set_thresholds(ctx.pg, provider, warn_usd=warn_usd, stop_usd=stop_usd)
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"{provider}: thresholds updated")

@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import asyncpg
 
+from shared.money import MAX_BALANCE, BalanceOutOfRange, add_exact, usd_str
+
 Conn = asyncpg.Connection | asyncpg.Pool
 
 
@@ -90,15 +92,29 @@ async def change_balance(
     """Add `amount_usd` (negative for a charge) and write the ledger row.
 
     Must run inside the caller's transaction. Returns the new balance and version.
+    Postgres does the sum (NUMERIC: exact). A change that would take the balance
+    to MAX_BALANCE (1e9 USD) or beyond in absolute value raises BalanceOutOfRange
+    and changes nothing; LookupError when there is no such user.
     """
+    if isinstance(amount_usd, int) and not isinstance(amount_usd, bool):
+        amount_usd = Decimal(amount_usd)
+    if not isinstance(amount_usd, Decimal) or not amount_usd.is_finite():
+        raise TypeError(f"a balance change must be a finite Decimal, got {amount_usd!r}")
     row = await conn.fetchrow(
         "UPDATE users SET balance_usd = balance_usd + $2, balance_version = balance_version + 1"
-        " WHERE id = $1 RETURNING balance_usd, balance_version",
+        " WHERE id = $1 AND abs(balance_usd + $2) < $3 RETURNING balance_usd, balance_version",
         user_id,
         amount_usd,
+        MAX_BALANCE,
     )
     if row is None:
-        raise LookupError(f"no user {user_id}")
+        current = await conn.fetchval("SELECT balance_usd FROM users WHERE id = $1", user_id)
+        if current is None:
+            raise LookupError(f"no user {user_id}")
+        raise BalanceOutOfRange(
+            f"refused: the balance would become {usd_str(add_exact(current, amount_usd))} USD;"
+            f" a balance must stay below {usd_str(MAX_BALANCE)} USD in absolute value"
+        )
     await conn.execute(
         "INSERT INTO ledger (user_id, kind, amount_usd, balance_after, request_id, note)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
