@@ -18,12 +18,15 @@ from dataclasses import dataclass
 import aiohttp
 import anthropic
 import openai
+import orjson
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
+from proxy.key_health import KeyHealth, Probe, Verdict, classify, rules_for
 from proxy.keypool import UpstreamKey
 from proxy.relay import upstream_headers
+from proxy.upstream import ConnectFailed, parse_target
 from shared import invalidation, provider_state
 from shared.keys import SecretBox, visible_prefix
 from tests.clients import anthropic_client, openai_client
@@ -416,3 +419,133 @@ def test_upstream_headers_drop_hop_by_hop_and_connection_named():
         ("Content-Type", "application/json"),
         ("Authorization", "Bearer sk-secret"),
     ]
+
+
+# --- classification and the probe, unit by unit -----------------------------------------
+
+
+def _openai(type_: str, code: str | None, message: str = "m") -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+def _anthropic(type_: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": "m"}})
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "body", "verdict"),
+    [
+        # 401: about the key, whatever the body
+        ("openai", 401, _openai("invalid_request_error", "invalid_api_key"), Verdict.SUSPECT),
+        ("anthropic", 401, b"<html>Unauthorized</html>", Verdict.SUSPECT),
+        # 403
+        ("openai", 403, _openai("invalid_request_error", None), Verdict.SUSPECT),
+        (
+            "openai",
+            403,
+            _openai("request_forbidden", "unsupported_country_region_territory"),
+            Verdict.PASS,
+        ),
+        ("anthropic", 403, _anthropic("permission_error"), Verdict.SUSPECT),
+        ("anthropic", 403, _anthropic("forbidden"), Verdict.PASS),
+        ("openai", 403, b"<html>Access denied</html>", Verdict.PASS),  # a CDN, not OpenAI
+        ("anthropic", 403, _openai("permission_error", None), Verdict.PASS),  # not its format
+        # 429
+        ("openai", 429, _openai("requests", "rate_limit_exceeded"), Verdict.RATE_LIMITED),
+        ("openai", 429, _openai("tokens", "rate_limit_exceeded"), Verdict.RATE_LIMITED),
+        (
+            "openai",
+            429,
+            _openai("tokens", "rate_limit_exceeded", "Request too large for gpt-4o in org"),
+            Verdict.PASS,
+        ),
+        ("openai", 429, _openai("insufficient_quota", "insufficient_quota"), Verdict.QUOTA),
+        ("openai", 429, b"", Verdict.PASS),
+        ("anthropic", 429, _anthropic("rate_limit_error"), Verdict.RATE_LIMITED),
+        ("anthropic", 429, b'{"type":"error","error":"odd"}', Verdict.PASS),
+        # others never speak about the key
+        ("openai", 400, _openai("invalid_request_error", None), Verdict.PASS),
+        ("anthropic", 404, _anthropic("not_found_error"), Verdict.PASS),
+    ],
+)
+def test_classify(provider, status, body, verdict):
+    assert classify(rules_for(provider), status, body) is verdict
+
+
+def test_an_unknown_kind_authenticates_with_bearer_and_cools_on_nothing():
+    rules = rules_for("some-future-kind")
+    assert rules.auth("s") == ("Authorization", "Bearer s")
+    assert classify(rules, 401, b"") is Verdict.SUSPECT
+    assert classify(rules, 429, _openai("requests", "rate_limit_exceeded")) is Verdict.PASS
+
+
+class _Answer:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def read(self) -> bytes:
+        return b"{}"
+
+    def release(self) -> None:
+        pass
+
+
+class _Upstream:
+    """Answers every GET with `status` after `delay`, counting them."""
+
+    def __init__(self, status: int, delay: float = 0.0) -> None:
+        self.status = status
+        self.delay = delay
+        self.calls: list[list[tuple[str, str]]] = []
+
+    async def get(self, target, headers):
+        self.calls.append(headers)
+        await asyncio.sleep(self.delay)
+        if self.status == 0:
+            raise ConnectFailed("refused")
+        return _Answer(self.status)
+
+
+@pytest.mark.parametrize(
+    ("status", "result"),
+    [
+        (200, Probe.OK),
+        (401, Probe.REJECTED),
+        (403, Probe.REJECTED),
+        (429, Probe.UNKNOWN),
+        (500, Probe.UNKNOWN),
+        (0, Probe.UNKNOWN),
+    ],
+)
+async def test_probe_results(status, result):
+    upstream = _Upstream(status)
+    target = parse_target("http://127.0.0.1:1/v1/models")
+    health = KeyHealth()
+    assert await health.probe(upstream, target, rules_for("anthropic"), 7, "sk-ant-k") is result
+    assert upstream.calls == [
+        [
+            ("x-api-key", "sk-ant-k"),
+            ("anthropic-version", "2023-06-01"),
+            ("Accept", "application/json"),
+        ]
+    ]
+
+
+async def test_one_probe_per_key_at_a_time_and_a_success_is_remembered():
+    upstream = _Upstream(200, delay=0.05)
+    target = parse_target("http://127.0.0.1:1/v1/models")
+    health = KeyHealth()
+    rules = rules_for("openai")
+    results = await asyncio.gather(
+        *(health.probe(upstream, target, rules, 1, "k") for _ in range(5))
+    )
+    assert results == [Probe.OK] * 5 and len(upstream.calls) == 1
+    assert await health.probe(upstream, target, rules, 1, "k") is Probe.OK
+    assert len(upstream.calls) == 1  # remembered
+    await health.probe(upstream, target, rules, 2, "k2")
+    assert len(upstream.calls) == 2  # another key is probed on its own
+    health.forget(1)
+    upstream.status = 401
+    assert await health.probe(upstream, target, rules, 1, "k") is Probe.REJECTED
+    assert await health.probe(upstream, target, rules, 1, "k") is Probe.REJECTED
+    assert len(upstream.calls) == 4  # a refusal is not remembered

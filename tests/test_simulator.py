@@ -423,6 +423,98 @@ async def test_status_directives(oai: openai.AsyncOpenAI, ant: anthropic.AsyncAn
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "provider", "status", "error_type", "code"),
+    [
+        ("invalid_api_key", "openai", 401, "invalid_request_error", "invalid_api_key"),
+        ("invalid_api_key", "anthropic", 401, "authentication_error", None),
+        ("permission", "openai", 403, "invalid_request_error", None),
+        ("permission", "anthropic", 403, "permission_error", None),
+        ("region", "openai", 403, "request_forbidden", "unsupported_country_region_territory"),
+        ("region", "anthropic", 403, "forbidden", None),
+        ("rate_limit", "openai", 429, "requests", "rate_limit_exceeded"),
+        ("rate_limit", "anthropic", 429, "rate_limit_error", None),
+        ("request_too_large", "openai", 429, "tokens", "rate_limit_exceeded"),
+        ("request_too_large", "anthropic", 413, "request_too_large", None),
+        ("insufficient_quota", "openai", 429, "insufficient_quota", "insufficient_quota"),
+        ("insufficient_quota", "anthropic", 400, "invalid_request_error", None),
+    ],
+)
+async def test_named_errors_in_each_providers_format(
+    base: str, name: str, provider: str, status: int, error_type: str, code: str | None
+) -> None:
+    if provider == "openai":
+        url, auth = f"{base}/openai/v1/chat/completions", {"authorization": "Bearer sk-x"}
+        body: dict[str, Any] = {"model": "gpt-4o", "messages": HELLO}
+    else:
+        url, auth = f"{base}/anthropic/v1/messages", {"x-api-key": "sk-ant-x"}
+        body = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": HELLO}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers={**auth, "x-sim-error": name}) as resp,
+    ):
+        answer = await resp.json()
+    assert resp.status == status
+    if provider == "openai":
+        assert set(answer["error"]) == {"message", "type", "param", "code"}
+        assert (answer["error"]["type"], answer["error"]["code"]) == (error_type, code)
+    else:
+        assert answer["type"] == "error" and answer["request_id"].startswith("req_")
+        assert answer["error"]["type"] == error_type
+    assert ("retry-after" in resp.headers) == (status == 429)
+
+
+async def test_named_errors_raise_the_sdks_typed_errors(
+    oai: openai.AsyncOpenAI, ant: anthropic.AsyncAnthropic
+) -> None:
+    with pytest.raises(openai.RateLimitError) as err:
+        await oai.chat.completions.create(
+            model="gpt-4o", messages=HELLO, extra_headers={"x-sim-error": "insufficient_quota"}
+        )
+    assert err.value.code == "insufficient_quota"
+    with pytest.raises(anthropic.PermissionDeniedError):
+        await ant.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=5,
+            messages=HELLO,
+            extra_headers={"x-sim-error": "permission"},
+        )
+    with pytest.raises(openai.BadRequestError) as bad:
+        await oai.chat.completions.create(
+            model="gpt-4o", messages=HELLO, extra_headers={"x-sim-error": "nonsense"}
+        )
+    assert "x-sim-error must be one of" in bad.value.message
+
+
+@pytest.mark.parametrize(
+    ("secret", "status"),
+    [("revoked", 401), ("invalid", 401), ("forbidden", 403), ("good", 200)],
+)
+async def test_the_models_list_answers_for_the_key(base: str, secret: str, status: int) -> None:
+    """The proxy's key probe: a bad key is refused on the models list too."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{base}/openai/v1/models", headers={"authorization": f"Bearer sk-{secret}-1"}
+        ) as resp:
+            assert resp.status == status
+            body = await resp.json()
+        if status == 200:
+            assert body["object"] == "list"
+        else:
+            assert "message" in body["error"]
+        async with session.get(
+            f"{base}/anthropic/v1/models",
+            headers={"x-api-key": f"sk-ant-{secret}-1", "anthropic-version": "2023-06-01"},
+        ) as resp:
+            assert resp.status == status
+            body = await resp.json()
+        if status == 200:
+            assert body["has_more"] is False
+        else:
+            expected = "authentication_error" if status == 401 else "permission_error"
+            assert body["error"]["type"] == expected
+
+
 async def test_bad_json(base: str) -> None:
     async with aiohttp.ClientSession() as session:
         resp = await session.post(

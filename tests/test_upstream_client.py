@@ -92,6 +92,36 @@ async def test_request_line_headers_and_body_arrive_as_sent() -> None:
     assert body == b'{"a":1}'
 
 
+async def test_a_get_has_no_body_and_shares_the_connections() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader, writer) -> None:
+        while True:
+            head, body = await read_request(reader)
+            seen.append(head + body)
+            writer.write(answer(b'{"data":[]}'))
+            await writer.drain()
+
+    async with raw_server(handler) as (url, accepted):
+        http = client()
+        target = parse_target(url)
+        for _ in range(2):
+            response = await http.get(target, [("x-api-key", "k")])
+            assert response.status == 200
+            assert await response.read() == b'{"data":[]}'
+            response.release()
+        response = await http.post(target, [], b"{}")  # the same connection again
+        await response.read()
+        response.release()
+        await http.close()
+    assert len(accepted) == 1
+    assert seen[0].startswith(b"GET /v1/chat HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nx-api-key: k\r\n" in seen[0]
+    assert b"content-length" not in seen[0].lower()
+    assert seen[0].endswith(b"\r\n\r\n")
+    assert seen[2].startswith(b"POST ")
+
+
 async def test_connections_are_kept_alive_and_reused() -> None:
     async def handler(reader, writer) -> None:
         while True:
