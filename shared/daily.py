@@ -9,14 +9,16 @@ them once per settled request (only when Postgres recorded a new charge).
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from redis.asyncio import Redis
 
 from shared import redis_keys
 from shared.events import UsageEvent
+from shared.money import exact
 
 PICO = Decimal("1e-12")
+PICO_PER_USD = 10**12
 KEEP_SECONDS = 8 * 24 * 3600
 
 
@@ -30,11 +32,18 @@ def counter_key(kind: str, name: str | int, day: date | None = None) -> str:
 
 
 def to_pico(amount: Decimal) -> int:
-    return int(amount.quantize(PICO, rounding=ROUND_HALF_EVEN).scaleb(12))
+    """USD -> integer pico-USD, half to even, by integer arithmetic (no Decimal
+    context involved: exact whatever the number of digits)."""
+    numerator, denominator = amount.as_integer_ratio()
+    whole, rest = divmod(numerator * PICO_PER_USD, denominator)
+    if 2 * rest > denominator or (2 * rest == denominator and whole % 2):
+        whole += 1
+    return whole
 
 
 def from_pico(value: int | bytes | str | None) -> Decimal:
-    return Decimal(int(value or 0)).scaleb(-12)
+    with exact():
+        return Decimal(int(value or 0)).scaleb(-12)
 
 
 async def record(
@@ -92,4 +101,4 @@ async def mark_resume(redis: Redis, provider: str) -> Decimal:
 
 async def spend_since_resume(redis: Redis, provider: str) -> Decimal:
     values = await redis.hmget(counter_key("provider", provider), "spend", "resumed_at_spend")
-    return from_pico(values[0]) - from_pico(values[1])
+    return from_pico(int(values[0] or 0) - int(values[1] or 0))

@@ -15,6 +15,7 @@ from shared import daily, redis_keys
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.events import TokenUsage, UsageEvent
+from shared.reconcile import find_differences
 from worker import batch_sql
 from worker.alerts import Charge, record_daily
 from worker.consumer import UsageConsumer
@@ -144,3 +145,90 @@ def test_batches_grow_under_a_backlog_and_shrink_after_it():
     assert sizes == [1000, 2000, 4000, 4000, 4000]
     consumer._adapt(12)  # the backlog is gone
     assert consumer.batch == 500
+
+
+async def test_settled_balances_keep_every_digit_and_reconcile_is_clean(accounts, deps, pg, redis):
+    """A balance of 21 digits minus costs of 21 digits after the point: 30 digits,
+    past Python's default 28-digit context. The worker's `balance -= cost` rounded
+    there (to ...8608), and `meterway reconcile` found the ledger off its balance."""
+    precise = deps.catalog.models["gpt-4o"].model_copy(
+        update={
+            "input_per_mtok": Decimal("0.123456789"),
+            "output_per_mtok": Decimal("0.987654321"),
+            "cache_read_per_mtok": None,
+            "multiplier": Decimal(1),
+        }
+    )
+    catalog = deps.catalog.model_copy(
+        update={"models": {**deps.catalog.models, "precise": precise}}
+    )
+    exact_deps = SettleDeps(deps.pg, catalog, deps.view, deps.redis, deps.settings)
+    start = Decimal("123456789.123456789012")
+    acct = await accounts.create(str(start))
+
+    def event(uncached: int, output: int) -> UsageEvent:
+        usage = TokenUsage(uncached_input_tokens=uncached, output_tokens=output)
+        return _event(acct, model="precise").model_copy(
+            update={"usage": usage, "rate_multiplier": Decimal("0.123457")}
+        )
+
+    first = [event(1234567, 7654321), event(7654321, 1234567)]  # one user twice in a batch
+    second = [event(999_999, 3)]
+    await settle_batch(exact_deps, first)
+    await settle_batch(exact_deps, second)
+
+    costs = [
+        Decimal("0.952129876345989248628"),
+        Decimal("0.267198395563571367132"),
+        Decimal("0.015241955356486723518"),
+    ]
+    after = [
+        Decimal("123456788.171326912666010751372"),
+        Decimal("123456787.904128517102439384240"),
+        Decimal("123456787.888886561745952660722"),
+    ]
+    assert await accounts.balance(acct.user_id) == after[-1]
+    records = await pg.fetch(
+        "SELECT r.request_id, r.cost_usd, l.amount_usd, l.balance_after FROM usage_records r"
+        " JOIN ledger l ON l.request_id = r.request_id WHERE r.user_id = $1 ORDER BY l.id",
+        acct.user_id,
+    )
+    assert [r["request_id"] for r in records] == [e.request_id for e in first + second]
+    assert [r["cost_usd"] for r in records] == costs
+    assert [r["amount_usd"] for r in records] == [-c for c in costs]
+    assert [r["balance_after"] for r in records] == after
+    ledger_sum = await pg.fetchval(
+        "SELECT SUM(amount_usd) FROM ledger WHERE user_id = $1", acct.user_id
+    )
+    assert ledger_sum == after[-1]
+    view = await redis.hget(redis_keys.balance(acct.user_id), "units")
+    assert view == b"123456787888886561"  # floor(balance * 1e9)
+
+    email = await pg.fetchval("SELECT email FROM users WHERE id = $1", acct.user_id)
+    async with pg.acquire() as conn:
+        problems = await find_differences(conn, redis)
+    ids = [e.request_id for e in first + second]
+    assert [p for p in problems if email in p or any(i in p for i in ids)] == []
+
+
+async def test_a_cost_that_cannot_be_exact_is_set_aside_not_rounded(accounts, deps, pg, redis):
+    """An event whose cost would need rounding even at 100 digits goes to the dead
+    letters (the rest of its batch settles); it is never billed rounded."""
+    huge = deps.catalog.models["gpt-4o"].model_copy(
+        update={"input_per_mtok": Decimal("1." + "1" * 120), "cache_read_per_mtok": None}
+    )
+    catalog = deps.catalog.model_copy(update={"models": {**deps.catalog.models, "huge": huge}})
+    odd_deps = SettleDeps(deps.pg, catalog, deps.view, deps.redis, deps.settings)
+    acct = await accounts.create("5")
+    good, bad = _event(acct), _event(acct, model="huge")
+    entries = [(f"2-{i}".encode(), {b"e": e.to_json().encode()}) for i, e in enumerate([good, bad])]
+    consumer = UsageConsumer(odd_deps, redis)
+    await consumer._settle(entries)
+    assert consumer.settled == 2
+    settled = await pg.fetch(
+        "SELECT request_id FROM usage_records WHERE user_id = $1", acct.user_id
+    )
+    assert [r["request_id"] for r in settled] == [good.request_id]
+    assert await accounts.balance(acct.user_id) == Decimal("5") - Decimal("0.0035")
+    dead = await redis.xrevrange(redis_keys.USAGE_DEAD_LETTERS, count=50)
+    assert any(bad.request_id.encode() in f[b"e"] for _, f in dead)

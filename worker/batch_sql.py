@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
+import structlog
 
 from shared.events import UsageEvent
+from shared.money import MAX_BALANCE, exact
+
+log = structlog.get_logger("meterway.settle")
 
 
 async def lock_users(conn: asyncpg.Connection, user_ids: list[int]) -> dict[int, asyncpg.Record]:
@@ -108,14 +112,18 @@ async def charge(
     user's balance and version after the batch."""
     balances = {uid: (row["balance_usd"], row["balance_version"]) for uid, row in users.items()}
     ledger: list[tuple[int, str, str, str]] = []
-    for event in charged:
-        balance, version = balances[event.user_id]
-        cost = costs[event.request_id]
-        balance -= cost
-        balances[event.user_id] = (balance, version + 1)
-        ledger.append((event.user_id, str(-cost), str(balance), event.request_id))
+    with exact():  # never rounds: a digit lost here is a difference `meterway reconcile` sees
+        for event in charged:
+            balance, version = balances[event.user_id]
+            cost = costs[event.request_id]
+            balance -= cost
+            balances[event.user_id] = (balance, version + 1)
+            ledger.append((event.user_id, str(-cost), str(balance), event.request_id))
     if not ledger:
         return balances
+    for uid, (balance, _) in balances.items():
+        if abs(balance) >= MAX_BALANCE:  # settled all the same: a charge is never dropped
+            log.error("balance_out_of_range", user_id=uid, balance_usd=str(balance))
     await conn.execute(
         "INSERT INTO ledger (user_id, kind, amount_usd, balance_after, request_id)"
         " SELECT t.user_id, 'charge', t.amount_usd::numeric, t.balance_after::numeric,"

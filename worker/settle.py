@@ -29,6 +29,7 @@ from shared.balance_view import BalanceView
 from shared.catalog import Catalog
 from shared.config import Settings
 from shared.events import UsageEvent
+from shared.money import exact
 from shared.pricing import cost_usd
 from worker import batch_sql
 from worker.alerts import Charge, Payer, check_after_batch
@@ -37,7 +38,8 @@ log = structlog.get_logger("meterway.settle")
 
 
 class UnpricedModel(Exception):
-    """The worker's catalog has no price for a model the proxy accepted."""
+    """The worker's catalog has no price for a model the proxy accepted (or the
+    cost of an event cannot be computed exactly): the event is set aside."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +80,7 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
         missing = {e.user_id for e in events} - users.keys()
         if missing:
             raise LookupError(f"no users {sorted(missing)}")
-        costs = {
-            e.request_id: cost_usd(
-                e.usage,
-                deps.catalog.models[e.model],
-                e.rate_multiplier
-                if e.rate_multiplier is not None
-                else users[e.user_id]["rate_multiplier"],
-            )
-            for e in events
-        }
+        costs = {e.request_id: _price(deps, e, users) for e in events}
         inserted = await batch_sql.insert_usage(conn, events, costs)
         new_ids = inserted.records
         charged = [e for e in events if e.request_id in new_ids]
@@ -102,6 +95,19 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
     await _count_and_alert(deps, events, inserted, costs, users, balances)
     log.info("settled", events=len(events), charged=len(charged))
     return settlements
+
+
+def _price(deps: SettleDeps, event: UsageEvent, users: dict[int, asyncpg.Record]) -> Decimal:
+    """The exact cost of one event: priced with no context rounding at all; an
+    event whose cost cannot be exact is set aside, never billed rounded."""
+    rate = event.rate_multiplier
+    if rate is None:
+        rate = users[event.user_id]["rate_multiplier"]
+    try:
+        with exact():
+            return cost_usd(event.usage, deps.catalog.models[event.model], rate)
+    except ArithmeticError as exc:  # decimal.Inexact, Rounded, Overflow, ...
+        raise UnpricedModel(f"no exact cost for {event.request_id}: {exc!r}") from exc
 
 
 async def settle_event(deps: SettleDeps, event: UsageEvent) -> Settlement:
