@@ -72,8 +72,12 @@ async def test_failover_to_another_key_on_429_and_5xx(proxy_url, accounts, pg, r
             )
         }
         assert bad_id not in used  # a failed attempt is never what gets billed
-        if "ratelimited" in bad_secret:  # it cools down for Retry-After, visibly
+        if "ratelimited" in bad_secret:  # a rate-limit 429 cools it for Retry-After, visibly
             assert await redis.exists(f"mw:cooling:{bad_id}")
+        else:  # a 5xx is retried but says nothing about the key: it stays as it was
+            assert not await redis.exists(f"mw:cooling:{bad_id}")
+        status = await pg.fetchval("SELECT status FROM provider_keys WHERE id = $1", bad_id)
+        assert status == "active"  # neither answer is a reason to disable a key
 
 
 async def test_daily_counters_are_exact(proxy_url, accounts, pg, redis):
