@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
@@ -13,6 +13,14 @@ from shared.config import Settings
 from shared.db import alerts as db_alerts
 
 log = structlog.get_logger("meterway.mailer")
+
+SMTP_TIMEOUT_SECONDS = 10
+NO_STARTTLS = "not mailed: SMTP server offers no STARTTLS; credentials not sent"
+
+
+class InsecureSmtp(Exception):
+    """The server would have the credentials in plain text: nothing is sent."""
+
 
 _SUBJECTS = {
     "user_daily_spend": "Meterway: daily spend alert",
@@ -28,8 +36,12 @@ class SmtpTarget:
     host: str
     port: int
     username: str | None
-    password: str | None
-    implicit_tls: bool
+    password: str | None = field(repr=False)  # never in a log line or a traceback
+    implicit_tls: bool = False
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.username is not None or self.password is not None
 
     @classmethod
     def parse(cls, url: str) -> SmtpTarget:
@@ -79,19 +91,44 @@ async def _send_locked(pg, settings: Settings, limit: int) -> int:
             continue
         message = build_message(settings, row["rule"], row["message"], list(row["recipients"]))
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=target.host,
-                port=target.port,
-                username=target.username,
-                password=target.password,
-                use_tls=target.implicit_tls,
-                start_tls=None if not target.implicit_tls else False,
-                timeout=10,
-            )
+            await deliver(target, message)
+        except InsecureSmtp as exc:
+            log.error("alert_mail_refused", alert_id=row["id"], reason=str(exc))
+            await db_alerts.mark_sent(pg, row["id"], str(exc))
+            continue
         except (aiosmtplib.SMTPException, OSError) as exc:
             log.warning("alert_mail_failed", alert_id=row["id"], error=str(exc))
             return sent  # try again on the next run
         await db_alerts.mark_sent(pg, row["id"])
         sent += 1
     return sent
+
+
+async def deliver(target: SmtpTarget, message: EmailMessage) -> None:
+    """Send one message. `smtps://` is TLS from the start; `smtp://` upgrades with
+    STARTTLS when the server offers it, and with credentials it must: they are
+    never sent over a plain connection (InsecureSmtp, before any AUTH)."""
+    client = aiosmtplib.SMTP(
+        hostname=target.host,
+        port=target.port,
+        use_tls=target.implicit_tls,
+        start_tls=False,  # decided below, from the server's EHLO answer
+        timeout=SMTP_TIMEOUT_SECONDS,
+    )
+    await client.connect()
+    try:
+        if not target.implicit_tls:
+            await client.ehlo()
+            if client.supports_extension("starttls"):
+                await client.starttls()
+                await client.ehlo()
+            elif target.has_credentials:
+                raise InsecureSmtp(NO_STARTTLS)
+        if target.has_credentials:
+            await client.login(target.username or "", target.password or "")
+        await client.send_message(message)
+    finally:
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
