@@ -25,7 +25,7 @@ from dashboard.common import (
     state,
     take_flash,
 )
-from shared import invalidation
+from shared import invalidation, money
 from shared.db import api_keys, users
 from shared.db import dashboard as q
 from shared.money import units_to_usd
@@ -107,10 +107,14 @@ async def user_credit(request: web.Request) -> web.StreamResponse:
         return await _detail(request, target, error=str(exc), status=400)
     operator = current_user(request)
     kind = "topup" if amount > 0 else "adjustment"
-    async with st.pg.acquire() as conn, conn.transaction():
-        balance, version = await users.change_balance(
-            conn, target.id, amount, kind=kind, note=f"{reason} (by {operator.email}, dashboard)"
-        )
+    try:
+        async with st.pg.acquire() as conn, conn.transaction():
+            balance, version = await users.change_balance(
+                conn, target.id, amount, kind=kind,
+                note=f"{reason} (by {operator.email}, dashboard)",
+            )  # fmt: skip
+    except money.AmountError as exc:  # the balance would leave its range: nothing changed
+        return await _detail(request, target, error=str(exc), status=400)
     try:
         await st.view.publish(target.id, balance, version)
     except Exception as exc:  # the proxy rebuilds a missing view from Postgres
