@@ -149,6 +149,9 @@ async def invite_submit(request: web.Request) -> web.StreamResponse:
         return _invite_gone(request)
     await q.set_password_hash(st.pg, user_id, await hash_password(password))
     await st.sessions.delete_all_for_user(user_id)
+    if request[SESSION_KEY].user_id == user_id:  # this browser's session ended with the rest
+        request[SESSION_KEY] = await st.sessions.create(None)
+        request[USER_KEY] = None
     await st.sessions.set_flash(request[SESSION_KEY], "Password set. You can sign in now.")
     raise web.HTTPSeeOther("/login")
 

@@ -68,6 +68,12 @@ def _generation_key(user_id: int) -> str:
     return redis_keys.dashboard_user_generation(user_id)
 
 
+_SET_FLASH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'flash', ARGV[1]) end
+return 0
+"""
+
+
 @dataclass(slots=True)
 class Session:
     token: str
@@ -81,6 +87,7 @@ class SessionStore:
     def __init__(self, redis: Redis, max_age: float = DEFAULT_MAX_AGE) -> None:
         self.redis = redis
         self.max_age = max_age
+        self._set_flash = redis.register_script(_SET_FLASH)
 
     def remaining(self, session: Session, now: float | None = None) -> float:
         """Seconds this signed-in session may still live (0 when it is over)."""
@@ -168,7 +175,8 @@ class SessionStore:
         await pipe.execute()
 
     async def set_flash(self, session: Session, message: str) -> None:
-        await self.redis.hset(_session_key(session.token), "flash", message[:500])
+        # only on a session that still exists (never a TTL-less key for an ended one)
+        await self._set_flash(keys=[_session_key(session.token)], args=[message[:500]])
 
     async def pop_flash(self, session: Session) -> str | None:
         if session.flash is None:

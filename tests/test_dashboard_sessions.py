@@ -304,3 +304,26 @@ async def test_a_sign_in_racing_a_sign_out_everywhere_does_not_survive_it(pg, re
     assert await store.load(late.token) is None
     fresh = await store.create(user.id)
     assert await store.load(fresh.token) is not None
+
+
+async def test_an_invite_used_while_signed_in_ends_that_session_too(
+    pg, redis, browser, other_browser
+):
+    admin, user = await make_user(pg, admin=True), await make_user(pg)
+    await other_browser.login(admin)
+    _, text, _ = await other_browser.post(f"/admin/users/{user.id}/invite")
+    path = text.split('<code id="invite-link">', 1)[1].split("</code>", 1)[0]
+    path = path.split(browser.base, 1)[1]
+    await browser.login(user)
+    old_key = _session_key(browser)
+    await browser.get(path)
+    new = "set-while-signed-in"
+    status, _, resp = await browser.post(path, {"password": new, "confirm": new})
+    assert status == 303 and resp.headers["Location"] == "/login"
+    assert not await redis.exists(old_key)
+    _, text, _ = await browser.get("/login")
+    assert "Password set" in text
+    assert (await browser.get("/usage"))[0] == 303
+    # no session key is ever left without an expiry
+    async for key in redis.scan_iter(match=redis_keys.dashboard_session("*")):
+        assert await redis.pttl(key) > 0, key
