@@ -6,7 +6,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from shared import redis_keys
-from shared.money import units_floor
+from shared.money import MAX_BALANCE, units_floor, usd_str
 
 
 async def find_differences(pg: asyncpg.Connection, redis: Redis) -> list[str]:
@@ -31,6 +31,11 @@ async def find_differences(pg: asyncpg.Connection, redis: Redis) -> list[str]:
     ):
         problems.append(f"ledger charge {row['request_id']} has no usage record")
     for row in await pg.fetch("SELECT id, email, balance_usd, balance_version FROM users"):
+        if abs(row["balance_usd"]) >= MAX_BALANCE:
+            problems.append(
+                f"user {row['email']}: balance {usd_str(row['balance_usd'])} USD is outside"
+                f" the range the Redis view keeps exactly (below {usd_str(MAX_BALANCE)} either way)"
+            )
         problems.extend(await _check_view(redis, row))
     return problems
 
