@@ -318,7 +318,7 @@ class Relay:
         log.error(
             "provider_key_disabled", provider=key.provider, key_prefix=key.prefix, status=status
         )
-        reason = f"upstream answered {status} and refused the key's probe"
+        reason = f"upstream answered {status} and refused the key on its models list too"
         try:
             await self._record_disabled(key, reason)
         except Exception as exc:  # this proxy stops using it anyway; the next request retries

@@ -288,7 +288,7 @@ async def test_a_bad_key_is_disabled_and_another_serves_the_request(
         reason = await pg.fetchval(
             "SELECT status_reason FROM provider_keys WHERE id = $1", pool.ids[bad_secret]
         )
-        assert "probe" in reason
+        assert "models list" in reason
         await assert_unbilled_but(pg, redis, acct.user_id, served)
 
 
