@@ -27,7 +27,6 @@ from shared import redis_keys
 COOKIE = "mw_session"
 DEFAULT_MAX_AGE = 12 * 3600  # seconds from sign-in; settings.dashboard_session_max_hours
 IDLE_TTL = 12 * 3600  # a signed-in session unused this long ends sooner
-SESSION_TTL = DEFAULT_MAX_AGE  # kept for callers of the old name
 ANON_TTL = 3600
 THROTTLE_LIMIT = 5
 THROTTLE_WINDOW = 15 * 60
@@ -228,11 +227,6 @@ class Throttle:
 
     async def succeeded(self, email: str, ip: str) -> None:
         await self._take_back(keys=[self._key(email, ip)])
-
-    async def blocked(self, email: str, ip: str) -> bool:
-        """Whether the next attempt would be refused (read only)."""
-        count = await self.redis.get(self._key(email, ip))
-        return int(count or 0) >= THROTTLE_LIMIT
 
 
 class Invites:
