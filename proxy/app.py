@@ -17,7 +17,7 @@ from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
 from proxy.metrics import Metrics
-from proxy.middleware import request_context
+from proxy.middleware import refused_request, request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
 from proxy.state import GATEWAY, SETTINGS, Gateway
@@ -117,7 +117,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def make_runner(settings: Settings) -> web.AppRunner:
     """The proxy app in a runner with the client limits (slow or huge clients)."""
     return GuardedAppRunner(
-        create_app(settings), ClientLimits.from_settings(settings), access_log=None
+        create_app(settings),
+        ClientLimits.from_settings(settings),
+        error_response=refused_request,
+        access_log=None,
     )
 
 
@@ -127,5 +130,6 @@ def run(settings: Settings, host: str, port: int) -> None:
         ClientLimits.from_settings(settings),
         host=host,
         port=port,
+        error_response=refused_request,
         access_log=None,
     )

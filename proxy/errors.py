@@ -19,6 +19,7 @@ _OPENAI_TYPES = {
     408: "timeout",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "server_error",
     502: "server_error",
@@ -35,6 +36,7 @@ _ANTHROPIC_TYPES = {
     408: "timeout_error",
     413: "request_too_large",
     415: "invalid_request_error",
+    431: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
     502: "api_error",
@@ -42,7 +44,7 @@ _ANTHROPIC_TYPES = {
     504: "timeout_error",
 }
 # Refusals that the SDKs' automatic retries cannot fix.
-_NO_RETRY = {400, 401, 402, 403, 404, 405, 413, 415}
+_NO_RETRY = {400, 401, 402, 403, 404, 405, 413, 415, 431}
 
 
 class ProxyError(Exception):

@@ -27,6 +27,12 @@ def provider_of(path: str) -> str:
     return "anthropic" if path.startswith("/v1/anthropic") else "openai"
 
 
+def refused_request(status: int, message: str, path: str | None) -> web.Response:
+    """A request the server refused before routing it (headers malformed or over
+    64 KiB, see `shared.http_server`), answered in its path's provider's format."""
+    return error_response(provider_of(path or ""), ProxyError(status, message), new_request_id())
+
+
 @web.middleware
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):

@@ -20,7 +20,10 @@ Request bodies are never decompressed by the server (`auto_decompress=False`):
 an application that accepts a `Content-Encoding` body decodes it itself, so a
 small compressed body cannot become a huge one behind the size limit.
 The idle time between two requests of a kept-alive connection is aiohttp's
-`keepalive_timeout`.
+`keepalive_timeout`. A request refused before it reaches the application (431,
+or aiohttp's parser refusing it with 400) is answered by `error_response` when
+the runner has one (the proxy answers in the provider's error format), and is
+not logged: its bytes are the client's, and may carry a key.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from shared.config import Settings
+
+# The answer to a request refused before it reached the application (its headers
+# malformed or too large): (status, message, the request's path if known) -> response.
+ErrorResponse = Callable[[int, str, "str | None"], web.StreamResponse]
 
 MAX_HEADER_BYTES = 64 * 1024
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's run_app default; its AppRunner's is an hour
@@ -76,14 +83,30 @@ class GuardedRequestHandler(RequestHandler):
     bounded by the keep-alive timeout instead.
     """
 
-    __slots__ = ("_header_bytes", "_header_timer", "_last_payload", "_limits")
+    __slots__ = (
+        "_error_response",
+        "_header_bytes",
+        "_header_timer",
+        "_last_payload",
+        "_limits",
+        "_request_start",
+    )
 
-    def __init__(self, manager: web.Server, *, limits: ClientLimits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        limits: ClientLimits,
+        error_response: ErrorResponse | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
+        self._error_response = error_response
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._last_payload: StreamReader | None = None
+        self._request_start = b""  # the first bytes of headers not yet complete
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -102,26 +125,31 @@ class GuardedRequestHandler(RequestHandler):
                 super().data_received(data)  # body bytes of the request being read
                 return
         count = self._request_count
+        first = self._request_start if self._header_bytes else data  # a reference, no copy
         super().data_received(data)
         received = self._header_bytes + len(data)
         if self._request_count != count:  # headers complete: one or more messages
             self._header_bytes = 0
+            self._request_start = b""
             self._cancel_header_timer()
-            self._headers_done(self._request_count - count, received)
+            self._headers_done(self._request_count - count, received, first)
         elif data and not (self._force_close or self._close):  # (b"": aiohttp re-parsing)
             self._header_bytes = received
+            self._request_start = first
             if received > self._limits.max_header_bytes:
-                self._refuse_headers()
+                self._refuse_headers(first)
             elif self._header_timer is None:
                 self._arm_header_timer()
 
-    def _headers_done(self, new: int, received: int) -> None:
+    def _headers_done(self, new: int, received: int, first: bytes) -> None:
         messages = self._messages
         limit = self._limits.max_header_bytes
         for index in range(max(len(messages) - new, 0), len(messages)):
             message, payload = messages[index]
-            if received > limit and _header_size(message) > limit:
-                messages[index] = (_too_large(), EMPTY_PAYLOAD)
+            if type(message) is _ErrInfo:  # aiohttp's parser refused it (answered 400)
+                message.exc.request_path = _path_of(first)  # type: ignore[attr-defined]
+            elif received > limit and _header_size(message) > limit:
+                messages[index] = (_too_large(message.path), EMPTY_PAYLOAD)
                 self._close = True  # parse nothing more; answer 431, then close
                 payload = EMPTY_PAYLOAD
             elif not payload.is_eof():
@@ -131,10 +159,11 @@ class GuardedRequestHandler(RequestHandler):
                 payload.on_eof(timer.cancel)
             self._last_payload = payload
 
-    def _refuse_headers(self) -> None:
+    def _refuse_headers(self, first: bytes) -> None:
         self._cancel_header_timer()
+        self._request_start = b""
         self._request_count += 1
-        self._messages.append((_too_large(), EMPTY_PAYLOAD))
+        self._messages.append((_too_large(_path_of(first)), EMPTY_PAYLOAD))
         self._close = True  # parse nothing more; answer 431, then close
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -173,16 +202,32 @@ class GuardedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if isinstance(exc, HeadersTooLarge):  # expected, not worth a traceback in the log
-            response = web.Response(status=431, text=exc.message, content_type="text/plain")
-            response.force_close()
-            return response
-        return super().handle_error(request, status, exc, message)
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        # A request the parser refused, or 431: the client's fault, not worth a traceback
+        # in the log (which could show its header bytes).
+        message = message or exc.message or "Bad Request"
+        path = getattr(exc, "request_path", None)
+        if self._error_response is not None:
+            response = self._error_response(status, message, path)
+        else:
+            response = web.Response(status=status, text=message, content_type="text/plain")
+        response.force_close()
+        return response
 
 
-def _too_large() -> _ErrInfo:
-    exc = HeadersTooLarge(code=431, message="Request Header Fields Too Large")
+def _too_large(path: str | None) -> _ErrInfo:
+    exc = HeadersTooLarge(code=431, message="Request header fields too large (64 KiB at most)")
+    exc.request_path = path  # type: ignore[attr-defined]
     return _ErrInfo(status=431, exc=exc, message=exc.message)
+
+
+def _path_of(start: bytes) -> str | None:
+    """The path of a request line (`METHOD /path?query HTTP/1.1`), if it has one."""
+    line = start[:2048].partition(b"\r\n")[0].split(b" ")
+    if len(line) < 2 or not line[1].startswith(b"/"):
+        return None
+    return line[1].partition(b"?")[0].decode("latin-1")
 
 
 def _header_size(message: Any) -> int:
@@ -193,24 +238,46 @@ def _header_size(message: Any) -> int:
 
 
 class GuardedServer(web.Server):
-    def __init__(self, handler: Any, *, limits: ClientLimits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limits: ClientLimits,
+        error_response: ErrorResponse | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+        self._error_response = error_response
 
     def __call__(self) -> RequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+        return GuardedRequestHandler(
+            self,
+            loop=self._loop,
+            limits=self._limits,
+            error_response=self._error_response,
+            **self._kwargs,
+        )
 
 
 class GuardedAppRunner(web.AppRunner):
     """`web.AppRunner` whose connections have the limits of `ClientLimits`."""
 
-    __slots__ = ("_limits",)
+    __slots__ = ("_error_response", "_limits")
 
-    def __init__(self, app: web.Application, limits: ClientLimits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        limits: ClientLimits,
+        *,
+        error_response: ErrorResponse | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)
         kwargs["auto_decompress"] = False
         super().__init__(app, **kwargs)
         self._limits = limits
+        self._error_response = error_response
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
@@ -220,6 +287,7 @@ class GuardedAppRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,
             limits=self._limits,
+            error_response=self._error_response,
             **plain._kwargs,
         )
 
@@ -231,12 +299,15 @@ def serve(
     host: str,
     port: int,
     on_start: Callable[[], None] | None = None,
+    error_response: ErrorResponse | None = None,
     **runner_args: Any,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, like `web.run_app`, with the limits."""
 
     async def main() -> None:
-        runner = GuardedAppRunner(app, limits, handle_signals=True, **runner_args)
+        runner = GuardedAppRunner(
+            app, limits, error_response=error_response, handle_signals=True, **runner_args
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

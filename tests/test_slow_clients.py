@@ -242,8 +242,10 @@ async def test_headers_over_64_kib_are_431_and_nothing_goes_upstream(
                     break
                 await raw.send(message[i : i + step])
                 await asyncio.sleep(0.005)
-        status, _, _ = await answer
+        status, headers, body = await answer
         assert status == 431
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"  # OpenAI's format
+        assert headers["x-request-id"].startswith("req_")
         assert await raw.eof()
     assert len(upstream.recorded()) == before
 
