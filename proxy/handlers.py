@@ -89,9 +89,42 @@ def check_provider(gw: Gateway, provider: str) -> None:
 def request_bound(
     adapter: Adapter, body: dict, raw: bytes, model: str, price: ModelPrice
 ) -> RequestBound:
-    """What the hold covers: the body's own bound, capped by the model's context
-    window, or the whole window where the body cannot bound its input."""
+    """The hold's bound of a request that continues nothing Meterway recorded."""
+    return fit_window(adapter.bound(body, raw, price), model, price)
+
+
+async def hold_bound(
+    gw: Gateway, user_id: int, adapter: Adapter, body: dict, raw: bytes, model: str,
+    price: ModelPrice,
+) -> RequestBound:  # fmt: skip
+    """What the hold covers: the body's own bound (plus the recorded tokens of
+    the answer it continues), capped by the model's context window, or the
+    whole window where the body cannot bound its input."""
     bound = adapter.bound(body, raw, price)
+    earlier = None
+    if bound.continues is not None:
+        earlier = await remembered_tokens(gw, user_id, bound.continues)
+    return fit_window(bound, model, price, earlier)
+
+
+async def remembered_tokens(gw: Gateway, user_id: int, response_id: str) -> int | None:
+    """Input + output tokens of an answer this user got through Meterway, as
+    billed; None when unknown (another gateway's, expired, or Redis failing)."""
+    try:
+        value = await gw.redis.get(redis_keys.response_tokens(user_id, response_id))
+    except RedisError:
+        return None
+    return int(value) if value is not None else None
+
+
+def fit_window(
+    bound: RequestBound, model: str, price: ModelPrice, earlier_tokens: int | None = None
+) -> RequestBound:
+    if bound.continues is not None:
+        if earlier_tokens is None:
+            bound.server_context = bound.server_context or "a previous response"
+        else:
+            bound.input_tokens += earlier_tokens
     window = price.context_window
     if bound.server_context is not None:
         if window is None:
@@ -157,7 +190,7 @@ async def _serve(
     check_provider(gw, adapter.provider)
 
     prepared = adapter.prepare(body, raw)
-    bound = request_bound(adapter, body, raw, model, price)
+    bound = await hold_bound(gw, owner.user_id, adapter, body, raw, model, price)
     hold_units = units_ceil(
         hold_usd(bound.input_tokens, bound.output_tokens, price, owner.rate_multiplier)
     )
@@ -212,12 +245,13 @@ async def _serve(
     )
     pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
     window = limit.window_key if limit and limit.tpm else None
+    remember = None if estimated else result.response_id  # what continuing it will hold
     try:
         if fits_send_buffer(result.response):  # the client need not wait for the enqueue
             await send_now(request, result.response)
-        await deliver(gw, event, pending_units, window)
+        await deliver(gw, event, pending_units, window, remember)
     except asyncio.CancelledError:  # shutdown: enqueue (again), to the end; idempotent
-        gw.finish_in_background(deliver(gw, event, pending_units, window))
+        gw.finish_in_background(deliver(gw, event, pending_units, window, remember))
         raise
     return result.response
 
@@ -248,13 +282,17 @@ async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
 
 
 async def deliver(
-    gw: Gateway, event: EncodedUsageEvent, pending_units: int, rate_window: str | None = None
+    gw: Gateway,
+    event: EncodedUsageEvent,
+    pending_units: int,
+    rate_window: str | None = None,
+    response_id: str | None = None,
 ) -> None:
     """Enqueue for settlement; when Redis fails, spool the event to Postgres,
     where the worker settles it from. Only both failing loses it, loudly."""
     for attempt in range(_ENQUEUE_ATTEMPTS):
         try:
-            await gw.queue.enqueue(event, pending_units, rate_window)
+            await gw.queue.enqueue(event, pending_units, rate_window, response_id)
             return
         except RedisError as exc:
             gw.metrics.inc("meterway_enqueue_failures_total")

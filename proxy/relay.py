@@ -90,6 +90,7 @@ class RelayResult:
     provider_key_id: int | None = None
     upstream_request_id: str | None = None
     outcome: str = "completed"
+    response_id: str | None = None  # how a later request may refer to this answer
 
 
 @dataclass(slots=True)
@@ -340,11 +341,12 @@ class Relay:
 
     async def _whole(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:
         body = await read_whole(response)
-        usage = None
+        usage = response_id = None
         with contextlib.suppress(orjson.JSONDecodeError):
             parsed = orjson.loads(body)
             if isinstance(parsed, dict):
                 usage = self.adapter.usage_from_body(parsed)
+                response_id = self.adapter.response_id(parsed)
         answer = web.Response(
             status=response.status,
             body=body,
@@ -359,6 +361,7 @@ class Relay:
             output_estimate=len(body) // 4,
             provider_key_id=key.id,
             upstream_request_id=_upstream_id(response),
+            response_id=response_id,
         )
 
     async def _stream(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:
@@ -402,6 +405,7 @@ class Relay:
             provider_key_id=key.id,
             upstream_request_id=_upstream_id(response),
             outcome=outcome,
+            response_id=scanner.response_id,
         )
 
     async def _after_client_left(self, response: UpstreamResponse, scanner: StreamScanner) -> None:

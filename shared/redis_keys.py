@@ -41,6 +41,12 @@ def rate_window(user_id: int, api_key_id: int, minute: int) -> str:
     return f"{_user(user_id)}:rate:{api_key_id}:{minute}"
 
 
+def response_tokens(user_id: int, response_id: str) -> str:
+    """String: input + output tokens of a response Meterway served and billed
+    exactly, which a later request may continue (`previous_response_id`)."""
+    return f"{_user(user_id)}:resp:{response_id}"
+
+
 def user_keys(user_id: int) -> list[str]:
     return [balance(user_id), holds(user_id), hold_expiry(user_id)]
 

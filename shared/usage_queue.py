@@ -25,9 +25,10 @@ KEEP_UNSETTLED = timedelta(days=30)
 _KEEP_MS = int(KEEP_UNSETTLED.total_seconds() * 1000)
 GROUP = "settlers"
 
-# KEYS: stream, bal, holds, holdexp, rate window.
+# KEYS: stream, bal, holds, holdexp, rate window[, response tokens].
 # ARGV: event JSON, request id, pending units, units - placed, placed, expiry ms,
-#       tokens to count against the key's per-minute token limit ('0': none).
+#       tokens to count against the key's per-minute token limit ('0': none)[,
+#       the response's tokens, how long to remember them in ms].
 _ENQUEUE = """
 redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 local old = redis.call('HGET', KEYS[3], ARGV[2])
@@ -45,8 +46,11 @@ if ARGV[7] ~= '0' then
   redis.call('HINCRBY', KEYS[5], 't', ARGV[7])
   redis.call('EXPIRE', KEYS[5], 120)
 end
+if KEYS[6] then redis.call('SET', KEYS[6], ARGV[8], 'PX', ARGV[9]) end
 return 1
 """
+# OpenAI keeps a response for 30 days; so long it may be continued.
+_REMEMBER_MS = 30 * 24 * 3600 * 1000
 
 
 class UsageQueue:
@@ -61,10 +65,13 @@ class UsageQueue:
         event: UsageEvent | EncodedUsageEvent,
         pending_units: int,
         rate_window: str | None = None,
+        response_id: str | None = None,
     ) -> None:
         """Append the event and make its hold a pending charge of `pending_units`;
-        with `rate_window`, count its tokens against the key's per-minute limit.
-        Appending an event twice is harmless: settlement is idempotent."""
+        with `rate_window`, count its tokens against the key's per-minute limit;
+        with `response_id`, remember the response's tokens for the holds of the
+        requests that continue it. Appending an event twice is harmless:
+        settlement is idempotent."""
         user = event.user_id
         tokens = event.token_count if rate_window else 0
         keys = [
@@ -81,6 +88,9 @@ class UsageQueue:
             str(int(time.time() * 1000) + _KEEP_MS),
             str(tokens),
         ]
+        if response_id is not None:
+            keys.append(redis_keys.response_tokens(user, response_id))
+            args += [str(event.token_count), str(_REMEMBER_MS)]
         if self._runner is not None:
             await self._runner.run(self._lua, keys, args)
         else:

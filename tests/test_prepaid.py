@@ -14,6 +14,7 @@ import pytest
 
 from proxy.providers.bounds import TEXT_MARGIN_TOKENS
 from shared.balance_view import BalanceView
+from tests.clients import openai_client
 from tests.conftest import wait_holds_released, wait_settled
 
 pytestmark = pytest.mark.usefixtures("worker", "provider_keys")
@@ -168,3 +169,38 @@ async def test_a_stream_longer_than_the_hold_ttl_keeps_its_hold_and_is_billed_on
     assert len(rows) == 1
     await wait_holds_released(redis, acct.user_id)
     assert await books.balance(acct.user_id) == Decimal(5) - rows[0]["cost_usd"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_continuing_a_response_served_here_holds_its_tokens_plus_the_body(
+    proxy_url, accounts, stream
+):
+    acct = await accounts.create("0.05")
+    directives = {"x-sim-input-tokens": "3000", "x-sim-chunks": "7"}
+    client = openai_client(proxy_url, acct.key, **directives)
+    if stream:
+        async with client.responses.stream(
+            model="gpt-4o", input="hello", max_output_tokens=50
+        ) as events:
+            first = await events.get_final_response()
+    else:
+        first = await client.responses.create(model="gpt-4o", input="hello", max_output_tokens=50)
+    assert first.usage.input_tokens == 3000 and first.usage.output_tokens == 7
+    body = {"model": "gpt-4o", "input": "and then?", "max_output_tokens": 10_000,
+            "previous_response_id": first.id}  # fmt: skip
+    raw = json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {acct.key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{proxy_url}/v1/openai/responses", data=raw, headers=headers) as r:
+            assert r.status == 402
+            hold = Decimal(r.headers["x-meterway-hold-usd"])
+    # the earlier answer's 3,007 tokens plus this body's own bound, at 2.5/M; output at 10/M
+    input_tokens = 3007 + len(raw) + TEXT_MARGIN_TOKENS
+    assert hold == (Decimal(input_tokens) * Decimal("2.5") + 10_000 * 10) / 1_000_000
+    # another user cannot lean on it: for them it is unknown, so the context window
+    other = await accounts.create("0.05")
+    headers["Authorization"] = f"Bearer {other.key}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{proxy_url}/v1/openai/responses", data=raw, headers=headers) as r:
+            assert r.status == 402
+            assert r.headers["x-meterway-hold-usd"] == "0.42"  # 128,000 x 2.5 + 10,000 x 10

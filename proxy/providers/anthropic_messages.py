@@ -131,5 +131,8 @@ class AnthropicMessages:
     def usage_from_body(self, body: dict) -> TokenUsage | None:
         return usage_from_anthropic(body.get("usage"))
 
+    def response_id(self, body: dict) -> str | None:
+        return None  # no later request refers to an answer by its id
+
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         return MessagesScanner()

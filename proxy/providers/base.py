@@ -36,6 +36,9 @@ class Adapter(Protocol):
     def usage_from_body(self, body: dict) -> TokenUsage | None:
         """Usage of a non-streaming answer, or None when it carries none."""
 
+    def response_id(self, body: dict) -> str | None:
+        """The id by which a later request may refer to this answer, or None."""
+
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         """A fresh scanner for one streamed answer."""
 

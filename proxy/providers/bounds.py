@@ -46,6 +46,9 @@ class RequestBound:
     # the answer comes before the work is done (a background run): no usage
     # ever passes through, so the bound itself is billed
     deferred: bool = False
+    # the id of an earlier answer this request continues: its input joins this
+    # one's (the tokens Meterway recorded for it, else the context window)
+    continues: str | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +59,7 @@ class MediaCount:
     inline_bytes: int = 0  # bytes of inline media, not counted as text
     extra_tokens: int = 0  # fixed overheads (e.g. a tool's system prompt)
     server_context: str | None = None
+    continues: str | None = None
 
     def image(self, inline: str | None = None) -> None:
         self.images += 1

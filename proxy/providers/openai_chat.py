@@ -142,5 +142,8 @@ class OpenAIChat:
     def usage_from_body(self, body: dict) -> TokenUsage | None:
         return usage_from_openai(body.get("usage"), "prompt_tokens", "completion_tokens")
 
+    def response_id(self, body: dict) -> str | None:
+        return None  # no later request refers to an answer by its id
+
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         return ChatScanner(filtering=prepared.hide_usage_chunk)

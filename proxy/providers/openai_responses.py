@@ -24,6 +24,11 @@ _ERROR_TYPE = re.compile(rb'"type"\s*:\s*"error"')
 _TEXT_DELTA = re.compile(rb'"type"\s*:\s*"response\.output_text\.delta"')
 
 
+def response_id_of(response: dict) -> str | None:
+    value = response.get("id")
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+
+
 class ResponsesScanner(StreamScanner):
     rare = (*_FINAL_BYTES, b"event: error", _ERROR_TYPE)
 
@@ -41,6 +46,7 @@ class ResponsesScanner(StreamScanner):
                     self.usage = usage_from_openai(
                         response.get("usage"), "input_tokens", "output_tokens"
                     )
+                    self.response_id = response_id_of(response)
                 self.complete = True
         elif event.startswith(b"event: error") or _ERROR_TYPE.search(event):
             self.error_event = True
@@ -60,7 +66,6 @@ _RESPONSES_MEDIA = (
 # Context kept by OpenAI, not in the body: the input part of the hold is the
 # model's context window (contract section 10).
 _SERVER_CONTEXT = {
-    "previous_response_id": "a previous response",
     "conversation": "a conversation",
     "prompt": "a stored prompt",
 }
@@ -83,6 +88,12 @@ def _responses_part(part: dict, count: MediaCount) -> bool:
 
 
 def _server_side(request: dict, count: MediaCount) -> None:
+    previous = request.get("previous_response_id")
+    if previous is not None:
+        if isinstance(previous, str) and 0 < len(previous) <= 200:
+            count.continues = previous
+        else:
+            count.unbounded("a previous response")
     for field, reason in _SERVER_CONTEXT.items():
         if request.get(field) is not None:
             count.unbounded(reason)
@@ -111,7 +122,11 @@ class OpenAIResponses:
         per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
         deferred = request.get("background") is True and request.get("stream") is not True
         return RequestBound(
-            text_bound(raw, count, per_image), output, count.server_context, deferred
+            text_bound(raw, count, per_image),
+            output,
+            count.server_context,
+            deferred,
+            count.continues,
         )
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
@@ -119,6 +134,9 @@ class OpenAIResponses:
 
     def usage_from_body(self, body: dict) -> TokenUsage | None:
         return usage_from_openai(body.get("usage"), "input_tokens", "output_tokens")
+
+    def response_id(self, body: dict) -> str | None:
+        return response_id_of(body)
 
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         return ResponsesScanner()

@@ -99,6 +99,7 @@ class StreamScanner:
         self.deltas = 0
         self.complete = False
         self.error_event = False
+        self.response_id: str | None = None  # an id later requests may refer to
         self._rest = bytearray()
 
     def on_event(self, event: bytes) -> bool:
