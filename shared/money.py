@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
     Context,
     Decimal,
     DivisionByZero,
@@ -74,6 +76,13 @@ def usd_str(amount: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def usd_places(amount: Decimal, *, up: bool, places: int = 4) -> str:
+    """A rounded amount for a message: `up` for what is needed, down for what
+    there is, so a message never says a request fits when it did not."""
+    step = Decimal(1).scaleb(-places)
+    return format(amount.quantize(step, rounding=ROUND_CEILING if up else ROUND_FLOOR), "f")
 
 
 # --- amounts typed by people (CLI and dashboard): one parser for both -------------------
