@@ -77,7 +77,11 @@ async def send(
     port = urlsplit(base).port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+        lines = [
+            f"{method} {target} HTTP/1.1".encode("latin-1"),
+            b"Host: 127.0.0.1",
+            b"Connection: close",
+        ]
         lines += [name + b": " + value for name, value in headers]
         payload = b""
         if body is not None and chunked:
@@ -201,6 +205,36 @@ async def test_bad_keys_are_401_in_the_provider_format(
     assert answer.status == 401, answer.body
     assert format_problem(answer, path) is None, format_problem(answer, path)
     assert len(upstream.recorded()) == before
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/v1/account/usage?limit=\xff",
+        b"/v1/openai/\xff\xfe",
+        b"/v1/anthropic/\xc3\x28?x=\xff",
+        b"/v1/openai/models?\xff=1",
+        b"/v1/openai/%ff",
+        b"/v1/%00",
+        b"/v1/anthropic/v1/messages?%ff",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_raw_bytes_in_the_path_or_query_are_4xx_in_the_provider_format(
+    proxy_url, accounts, target, method
+):
+    acct = await accounts.create("1")
+    body = b"{}" if method == "POST" else None
+    answer = await send(proxy_url, method, target.decode("latin-1"), [bearer(acct.key)], body)
+    assert 400 <= answer.status < 500, answer.body
+    path = target.decode("latin-1").partition("?")[0]
+    assert format_problem(answer, path) is None, format_problem(answer, path)
+
+
+async def test_pricing_page_with_a_bad_key_shows_the_list_prices(proxy_url):
+    for auth in ([bearer(b"\xff\xfe")], [bearer("k" * 8000)], [(b"x-api-key", b"\xe9")]):
+        answer = await send(proxy_url, "GET", "/docs/pricing", auth)
+        assert answer.status == 200, answer.body
 
 
 async def test_duplicate_authorization_uses_the_first(proxy_url, accounts, upstream):
@@ -507,6 +541,9 @@ def query_cases(draw) -> Case:
             st.integers().map(str),
         )
     )
+    if draw(st.integers(0, 9)) == 0:  # raw bytes, not percent-encoded
+        value = draw(st.binary(min_size=1, max_size=6)).decode("latin-1")
+        value = "".join(c for c in value if c not in " \r\n#")
     method = draw(st.sampled_from(["GET", "GET", "GET", "POST", "DELETE"]))
     return Case(method, f"{path}?{name}={value}", [], None, note="query")
 

@@ -210,6 +210,26 @@ async def test_stalled_body_is_408_in_the_provider_format(
     )
 
 
+async def test_trickled_body_is_408_at_the_deadline_from_the_headers(port, accounts, upstream):
+    acct = await accounts.create("1")
+    before = len(upstream.recorded())
+    async with connection(port) as raw:
+        await raw.send(request_head(CHAT, acct.key, len(BODY)))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        answer = asyncio.ensure_future(raw.response(timeout=BODY_TIMEOUT + 3))
+        with contextlib.suppress(ConnectionError):
+            for byte in BODY[:-1]:  # a byte every 50 ms never finishes in time
+                if answer.done():
+                    break
+                await raw.send(bytes([byte]))
+                await asyncio.sleep(0.05)
+        status, _, _ = await answer
+        assert status == 408
+        assert loop.time() - start <= BODY_TIMEOUT + 1
+    assert len(upstream.recorded()) == before
+
+
 async def test_slow_body_within_the_timeout_is_served(port, accounts):
     acct = await accounts.create("1")
     async with connection(port) as raw:
