@@ -25,12 +25,14 @@ from simulator.tokens import Generation, chat_input_tokens, make_generation
 FINGERPRINT = "fp_sim"
 
 
-def chat_usage(gen: Generation, directives: Directives) -> dict[str, Any]:
+def chat_usage(gen: Generation, directives: Directives, choices: int = 1) -> dict[str, Any]:
+    """The prompt is billed once; every choice's output counts."""
     cached = min(directives.cached_tokens, gen.input_tokens)
+    output = gen.output_tokens * choices
     return {
         "prompt_tokens": gen.input_tokens,
-        "completion_tokens": gen.output_tokens,
-        "total_tokens": gen.input_tokens + gen.output_tokens,
+        "completion_tokens": output,
+        "total_tokens": gen.input_tokens + output,
         "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
@@ -46,7 +48,7 @@ def _finish_reason(gen: Generation) -> str:
 
 
 def _completion(
-    cid: str, created: int, model: str, gen: Generation, directives: Directives
+    cid: str, created: int, model: str, gen: Generation, directives: Directives, choices: int
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": cid,
@@ -55,21 +57,25 @@ def _completion(
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": gen.text, "refusal": None},
                 "logprobs": None,
                 "finish_reason": _finish_reason(gen),
             }
+            for index in range(choices)
         ],
     }
     if not directives.no_usage:
-        body["usage"] = chat_usage(gen, directives)
+        body["usage"] = chat_usage(gen, directives, choices)
     body["system_fingerprint"] = FINGERPRINT
     return body
 
 
 class _ChunkFactory:
-    def __init__(self, cid: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(
+        self, cid: str, created: int, model: str, include_usage: bool, choices: int = 1
+    ) -> None:
+        self.choices = choices
         self._base = {
             "id": cid,
             "object": "chat.completion.chunk",
@@ -79,11 +85,13 @@ class _ChunkFactory:
         }
         self.include_usage = include_usage
 
-    def choice(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def choice(
+        self, delta: dict[str, Any], finish_reason: str | None = None, index: int = 0
+    ) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             **self._base,
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
         if self.include_usage:
@@ -101,19 +109,24 @@ async def _stream(
     chunks: _ChunkFactory,
 ) -> web.StreamResponse:
     stream = await SseStream.open(request, directives, default_delay_ms(request))
-    await stream.send(chunks.choice({"role": "assistant", "content": "", "refusal": None}))
+    indexes = range(chunks.choices)
+    for index in indexes:
+        role = {"role": "assistant", "content": "", "refusal": None}
+        await stream.send(chunks.choice(role, index=index))
     cut = interruption(directives, gen.output_tokens)
     limit = gen.output_tokens if cut is None else cut[1]
     for text in gen.deltas[:limit]:
-        await stream.send(chunks.choice({"content": text}))
+        for index in indexes:
+            await stream.send(chunks.choice({"content": text}, index=index))
     if cut is not None:
         if cut[0] == "break":
             return stream.abort()
         await stream.send(openai_error_body(500, "The server had an error (simulated)."))
         return await stream.finish()
-    await stream.send(chunks.choice({}, _finish_reason(gen)))
+    for index in indexes:
+        await stream.send(chunks.choice({}, _finish_reason(gen), index=index))
     if chunks.include_usage and not directives.no_usage:
-        await stream.send(chunks.usage(chat_usage(gen, directives)))
+        await stream.send(chunks.usage(chat_usage(gen, directives, chunks.choices)))
     await stream.send_raw(b"data: [DONE]\n\n")
     return await stream.finish()
 
@@ -128,14 +141,15 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     if input_tokens is None:
         input_tokens = chat_input_tokens(body)
     gen = make_generation(directives.chunks, max_tokens, input_tokens)
+    choices = optional_max_tokens(body, "n") or 1
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     if body.get("stream") is True:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        factory = _ChunkFactory(cid, created, model, include_usage)
+        factory = _ChunkFactory(cid, created, model, include_usage, choices)
         return await _stream(request, directives, gen, factory)
     return web.Response(
-        body=orjson.dumps(_completion(cid, created, model, gen, directives)),
+        body=orjson.dumps(_completion(cid, created, model, gen, directives, choices)),
         content_type="application/json",
     )

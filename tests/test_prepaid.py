@@ -27,7 +27,7 @@ def chat_with_images(images: int) -> dict:
     parts = [{"type": "text", "text": "Describe every picture."}]
     parts += [{"type": "image_url", "image_url": {"url": f"https://img.example/{i}.png"}}
               for i in range(images)]  # fmt: skip
-    return {"model": "gpt-4o", "max_tokens": 2000, "stream": True,
+    return {"model": "gpt-4o", "max_tokens": 2000, "n": 3, "stream": True,
             "messages": [{"role": "user", "content": parts}]}  # fmt: skip
 
 
@@ -42,6 +42,7 @@ def the_most(path: str, body: dict, raw: bytes) -> dict[str, str]:
     if path.endswith("chat/completions"):  # gpt-4o: 85 + 8 tiles x 170 per image
         images = len(body["messages"][0]["content"]) - 1
         tokens = len(raw) + TEXT_MARGIN_TOKENS + images * 1445
+        # every one of the n choices runs to max_tokens (the simulator bills chunks x n)
         return {"x-sim-input-tokens": str(tokens), "x-sim-chunks": str(body["max_tokens"])}
     if path.endswith("responses"):  # text: one token per byte
         tokens = len(raw) + TEXT_MARGIN_TOKENS
