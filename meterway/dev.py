@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import signal
 from decimal import Decimal
@@ -92,6 +93,7 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
     from simulator.app import start as start_simulator
     from worker.main import create_worker
 
+    _quiet_while_idle()
     settings, embedded = resolve_services(settings)
     try:
         await migrate(settings.database_url)
@@ -135,6 +137,13 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
     for runner in reversed(runners):
         await runner.cleanup()
     del embedded  # embedded servers stop when released
+
+
+def _quiet_while_idle() -> None:
+    """Keep the welcome on screen: arq's start-up banner and its line per cron run
+    (several a second) are off; what the jobs log when they do something stays,
+    as do warnings and errors."""
+    logging.getLogger("arq").setLevel(logging.WARNING)
 
 
 def _print_welcome(settings: Settings, key: str, simulate: bool) -> None:
