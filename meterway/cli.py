@@ -125,11 +125,34 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--warn-usd", help=_THRESHOLD_HELP)
     ps.add_argument("--stop-usd", help=_THRESHOLD_HELP)
     prov.add_parser("list").add_argument("--json", action="store_true")
+
+    code = sub.add_parser("code", help="redemption codes (prepaid credit)").add_subparsers(
+        dest="action", required=True
+    )
+    cc = code.add_parser(
+        "create",
+        help="make codes and print them, one a line (shown once; only a hash is stored)",
+        description="Make N redemption codes worth AMOUNT_USD each and print them, one a\n"
+        "line, and nothing else on stdout. They are shown only now: only a\n"
+        "hash is stored. Users redeem them with POST /v1/account/redeem or the dashboard.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cc.add_argument(
+        "amount_usd", metavar="AMOUNT_USD", help="USD per code, a plain decimal above 0"
+    )
+    cc.add_argument("--count", type=int, default=1, help="how many codes (default 1)")
+    cc.add_argument(
+        "--expires-at", help="ISO 8601 with Z or an offset, in the future (default: never)"
+    )
+    cc.add_argument("--note", help="a note kept with the codes (e.g. the customer or campaign)")
+    code.add_parser(
+        "list", help="id, amount, state (open, redeemed, expired), who and when; never a code"
+    ).add_argument("--json", action="store_true")
     return p
 
 
 def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]]:
-    from meterway.commands import accounts, alerts, providers, reconcile
+    from meterway.commands import accounts, alerts, codes, providers, reconcile
 
     table: dict[tuple[str, str | None], Callable[[Context], Awaitable[None]]] = {
         ("user", "create"): lambda c: accounts.user_create(
@@ -162,6 +185,10 @@ def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]
         ("provider", "list"): lambda c: providers.provider_list(c, a.json),
         ("reconcile", None): reconcile.run,
         ("alerts", "list"): lambda c: alerts.alerts_list(c, a.days, a.json),
+        ("code", "create"): lambda c: codes.code_create(
+            c, a.amount_usd, a.count, a.expires_at, a.note
+        ),
+        ("code", "list"): lambda c: codes.code_list(c, a.json),
     }
     return table[(a.command, getattr(a, "action", None))]
 

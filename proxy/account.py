@@ -32,6 +32,7 @@ async def account(request: web.Request) -> web.Response:
     spend_today = await spend_today_of(gw, user.id)
     return _json(
         {
+            "user_id": user.id,
             "email": user.email,
             "balance_usd": usd_str(user.balance_usd),
             "held_usd": usd_str(held),

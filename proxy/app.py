@@ -20,6 +20,7 @@ from proxy.metrics import Metrics
 from proxy.middleware import refused_request, request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
+from proxy.redeem import redeem
 from proxy.state import GATEWAY, SETTINGS, Gateway
 from proxy.upstream import UpstreamClient
 from shared.balance_view import BalanceView
@@ -51,6 +52,7 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/v1/anthropic/v1/models", models_handler("anthropic"))
     r.add_get("/v1/account", account)
     r.add_get("/v1/account/usage", account_usage)
+    r.add_post("/v1/account/redeem", redeem)
     r.add_route("*", "/v1/{tail:.*}", not_found)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)

@@ -109,3 +109,8 @@ def dashboard_invite(token_digest: str) -> str:
 def dashboard_form_once(nonce: str) -> str:
     """Set once per submitted key-creation form, so a reload creates no second key."""
     return f"{PREFIX}:dash:once:{nonce}"
+
+
+def redeem_tries(user_id: int) -> str:
+    """Sorted set of a user's failed (and in-flight) code redemptions in the last hour."""
+    return f"{_user(user_id)}:redeem"

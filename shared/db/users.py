@@ -88,13 +88,16 @@ async def change_balance(
     kind: str,
     request_id: str | None = None,
     note: str | None = None,
+    external_id: str | None = None,
 ) -> tuple[Decimal, int]:
     """Add `amount_usd` (negative for a charge) and write the ledger row.
 
     Must run inside the caller's transaction. Returns the new balance and version.
     Postgres does the sum (NUMERIC: exact). A change that would take the balance
     to MAX_BALANCE (1e9 USD) or beyond in absolute value raises BalanceOutOfRange
-    and changes nothing; LookupError when there is no such user.
+    and changes nothing; LookupError when there is no such user. `external_id`
+    names the source of money in or out (a code, a Stripe session or refund);
+    it is unique in the ledger, so a second row for it raises UniqueViolationError.
     """
     if isinstance(amount_usd, int) and not isinstance(amount_usd, bool):
         amount_usd = Decimal(amount_usd)
@@ -116,14 +119,15 @@ async def change_balance(
             f" a balance must stay below {usd_str(MAX_BALANCE)} USD in absolute value"
         )
     await conn.execute(
-        "INSERT INTO ledger (user_id, kind, amount_usd, balance_after, request_id, note)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO ledger (user_id, kind, amount_usd, balance_after, request_id, note,"
+        " external_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         user_id,
         kind,
         amount_usd,
         row["balance_usd"],
         request_id,
         note,
+        external_id,
     )
     return row["balance_usd"], row["balance_version"]
 
