@@ -47,8 +47,15 @@ def response_tokens(user_id: int, response_id: str) -> str:
     return f"{_user(user_id)}:resp:{response_id}"
 
 
+def hold_keys(user_id: int) -> str:
+    """Hash: request id -> `<api key id>:<period id>`, for requests of API keys
+    with a budget (whoever releases the request moves the key's counters)."""
+    return f"{_user(user_id)}:holdkey"
+
+
 def user_keys(user_id: int) -> list[str]:
-    return [balance(user_id), holds(user_id), hold_expiry(user_id)]
+    """The keys every balance script takes, in this order."""
+    return [balance(user_id), holds(user_id), hold_expiry(user_id), hold_keys(user_id)]
 
 
 COOLING_PATTERN = f"{PREFIX}:cooling:*"

@@ -17,6 +17,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 
 from shared import redis_keys
+from shared.balance_scripts import UNTAG
 from shared.events import EncodedUsageEvent, UsageEvent
 from shared.script_runner import LuaScript, ScriptRunner
 
@@ -25,30 +26,44 @@ KEEP_UNSETTLED = timedelta(days=30)
 _KEEP_MS = int(KEEP_UNSETTLED.total_seconds() * 1000)
 GROUP = "settlers"
 
-# KEYS: stream, bal, holds, holdexp, rate window[, response tokens].
+# KEYS: bal, holds, holdexp, holdkey, stream, rate window[, response tokens].
 # ARGV: event JSON, request id, pending units, units - placed, placed, expiry ms,
-#       tokens to count against the key's per-minute token limit ('0': none)[,
-#       the response's tokens, how long to remember them in ms].
-_ENQUEUE = """
-redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
-local old = redis.call('HGET', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[2])
+#       tokens to count against the key's per-minute token limit ('0': none),
+#       the key tag `<key>:<period>` of a budgeted key ('' none)[, the
+#       response's tokens, how long to remember them in ms].
+# The hold becomes a pending charge of the priced cost (`held` and, for a
+# budgeted key, the key's open total move by the difference); a hold that is
+# gone (Redis flushed) is re-created as a pending charge.
+_ENQUEUE = (
+    UNTAG
+    + """
+redis.call('XADD', KEYS[5], '*', 'e', ARGV[1])
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
 if old == ARGV[5] then
-  if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', ARGV[4]) end
+  if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', ARGV[4]) end
 elseif old then
-  if old ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', '-' .. old) end
-  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[2], 'held', ARGV[3]) end
+  if old ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. old) end
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', ARGV[3]) end
 elseif ARGV[3] ~= '0' then
-  redis.call('HINCRBY', KEYS[2], 'held', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'held', ARGV[3])
+end
+untag(ARGV[2], old)  -- the key's open total loses the hold ...
+if ARGV[8] ~= '' then  -- ... and gains the pending charge, in the period it ends in
+  if ARGV[3] ~= '0' then
+    redis.call('HINCRBY', KEYS[1], 'ko:' .. string.match(ARGV[8], '^[^:]+'), ARGV[3])
+  end
+  redis.call('HSET', KEYS[4], ARGV[2], ARGV[8])
 end
 if ARGV[7] ~= '0' then
-  redis.call('HINCRBY', KEYS[5], 't', ARGV[7])
-  redis.call('EXPIRE', KEYS[5], 120)
+  redis.call('HINCRBY', KEYS[6], 't', ARGV[7])
+  redis.call('EXPIRE', KEYS[6], 120)
 end
-if KEYS[6] then redis.call('SET', KEYS[6], ARGV[8], 'PX', ARGV[9]) end
+if KEYS[7] then redis.call('SET', KEYS[7], ARGV[9], 'PX', ARGV[10]) end
 return 1
 """
+)
 # OpenAI keeps a response for 30 days; so long it may be continued.
 _REMEMBER_MS = 30 * 24 * 3600 * 1000
 
@@ -66,17 +81,18 @@ class UsageQueue:
         pending_units: int,
         rate_window: str | None = None,
         response_id: str | None = None,
+        key_tag: str = "",
     ) -> None:
         """Append the event and make its hold a pending charge of `pending_units`;
         with `rate_window`, count its tokens against the key's per-minute limit;
         with `response_id`, remember the response's tokens for the holds of the
-        requests that continue it. Appending an event twice is harmless:
-        settlement is idempotent."""
+        requests that continue it; `key_tag` (`<key>:<period>`) for a key with a
+        budget. Appending an event twice is harmless: settlement is idempotent."""
         user = event.user_id
         tokens = event.token_count if rate_window else 0
         keys = [
-            redis_keys.USAGE_STREAM,
             *redis_keys.user_keys(user),
+            redis_keys.USAGE_STREAM,
             rate_window or redis_keys.balance(user),
         ]
         args = [
@@ -87,6 +103,7 @@ class UsageQueue:
             str(event.hold_units),
             str(int(time.time() * 1000) + _KEEP_MS),
             str(tokens),
+            key_tag,
         ]
         if response_id is not None:
             keys.append(redis_keys.response_tokens(user, response_id))

@@ -49,8 +49,13 @@ async def expiries(client: Redis, user_id: int = USER) -> list[bytes]:
 
 def test_user_keys_share_one_cluster_slot():
     keys = redis_keys.user_keys(USER)
-    assert keys == [redis_keys.balance(USER), redis_keys.holds(USER), redis_keys.hold_expiry(USER)]
-    assert len(set(keys)) == 3
+    assert keys == [
+        redis_keys.balance(USER),
+        redis_keys.holds(USER),
+        redis_keys.hold_expiry(USER),
+        redis_keys.hold_keys(USER),
+    ]
+    assert len(set(keys)) == 4
     for key in keys:
         assert key.startswith("mw:{u:42}:")
     assert redis_keys.balance(4) != redis_keys.balance(42)
