@@ -20,6 +20,102 @@ _THRESHOLD_HELP = "USD, a plain non-negative decimal (at most 12 digits after th
 _MULTIPLIER_HELP = "a plain decimal above 0 and at most 1000 (at most 6 digits after the point)"
 
 
+def _key_parsers(sub: argparse._SubParsersAction) -> None:
+    """`meterway key create|set|list|revoke` (CONTRACT.md sections 1 and 6)."""
+    key = sub.add_parser("key", help="proxy API keys").add_subparsers(dest="action", required=True)
+    kc = key.add_parser(
+        "create",
+        help="create a proxy API key (printed once, alone on the last line)",
+        description="Create a proxy API key for the user EMAIL, optionally with per-minute\n"
+        "limits, a budget per UTC period, a models list and an expiry. The key is\n"
+        "printed once, alone on the last line of stdout; only its hash is stored.",
+        epilog="example:\n  meterway key create alice@example.com --name ci --budget-usd 20"
+        " --budget-period week --models gpt-4o,gpt-4o-mini --expires-at 2026-12-31T23:59:59Z",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kc.add_argument("email")
+    kc.add_argument("--name", default="", help="a name to tell keys apart")
+    kc.add_argument("--rpm", type=int, help="requests per minute, a positive integer")
+    kc.add_argument("--tpm", type=int, help="tokens per minute, a positive integer")
+    _key_control_flags(kc, clearable=False)
+    ks = key.add_parser(
+        "set",
+        help="change a key's budget, models, expiry or per-minute limits",
+        description="Change the controls of one key; only the options given change.\n"
+        "Every proxy applies the change within a few seconds.",
+        epilog="examples:\n"
+        "  meterway key set 12 --budget-usd 5 --budget-period day\n"
+        "  meterway key set 12 --budget-usd none --models all --expires-at never --rpm none",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ks.add_argument("key_or_id", metavar="KEY_ID", help="the id from `key list` (or the full key)")
+    ks.add_argument("--rpm", help="requests per minute, a positive integer; 'none' removes it")
+    ks.add_argument("--tpm", help="tokens per minute, a positive integer; 'none' removes it")
+    _key_control_flags(ks, clearable=True)
+    kl = key.add_parser(
+        "list",
+        help="the user's keys with their limits and spend this period",
+        description="List the user's keys: id, name, prefix, created, last used, revoked,\n"
+        "budget and period, spend in the budget's period (this calendar month without a\n"
+        "budget), models, expiry, rpm and tpm. Never a key itself.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kl.add_argument("email")
+    kl.add_argument(
+        "--json", action="store_true", help="a JSON list of objects, amounts as strings"
+    )
+    key.add_parser("revoke", help="revoke a key, given the full key or its id").add_argument(
+        "key_or_id"
+    )
+
+
+def _key_control_flags(p: argparse.ArgumentParser, *, clearable: bool) -> None:
+    def clear(word: str, does: str = "removes it") -> str:
+        return f"; '{word}' {does}" if clearable else ""
+
+    p.add_argument(
+        "--budget-usd",
+        metavar="X",
+        help="the most the key may spend per budget period, USD as a plain decimal"
+        f" (at most 12 digits after the point){clear('none')}",
+    )
+    p.add_argument(
+        "--budget-period",
+        choices=["day", "week", "month", "total"],
+        help="UTC calendar period the budget counts in: day, week (ISO, from Monday"
+        " 00:00 UTC), month, or total (never resets); default month; needs a budget",
+    )
+    p.add_argument(
+        "--models",
+        metavar="ID,ID,...",
+        help="catalog model ids the key may use, comma-separated; others get 403"
+        f" (default: every model){clear('all', 'allows every model again')}",
+    )
+    p.add_argument(
+        "--expires-at",
+        metavar="ISO-8601",
+        help="from this moment the key gets 401: ISO 8601 with Z or an offset, such as"
+        f" 2026-12-31T23:59:59Z (default: never){clear('never')}",
+    )
+
+
+def _key_commands(
+    a: argparse.Namespace,
+) -> dict[tuple[str, str], Callable[[Context], Awaitable[None]]]:
+    from meterway.commands import accounts, keys
+
+    controls = {
+        name: getattr(a, name, None)
+        for name in ("budget_usd", "budget_period", "models", "expires_at")
+    }
+    return {
+        ("key", "create"): lambda c: keys.key_create(c, a.email, a.name, a.rpm, a.tpm, **controls),
+        ("key", "set"): lambda c: keys.key_set(c, a.key_or_id, rpm=a.rpm, tpm=a.tpm, **controls),
+        ("key", "list"): lambda c: keys.key_list(c, a.email, a.json),
+        ("key", "revoke"): lambda c: accounts.key_revoke(c, a.key_or_id),
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meterway", description="Metered LLM API gateway")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -70,16 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("amount_usd", metavar="AMOUNT_USD", help=_AMOUNT_HELP)
     add.add_argument("--note")
 
-    key = sub.add_parser("key", help="proxy API keys").add_subparsers(dest="action", required=True)
-    kc = key.add_parser("create")
-    kc.add_argument("email")
-    kc.add_argument("--name", default="")
-    kc.add_argument("--rpm", type=int)
-    kc.add_argument("--tpm", type=int)
-    kl = key.add_parser("list")
-    kl.add_argument("email")
-    kl.add_argument("--json", action="store_true")
-    key.add_parser("revoke").add_argument("key_or_id")
+    _key_parsers(sub)
 
     pkey = sub.add_parser("provider-key", help="upstream provider keys").add_subparsers(
         dest="action", required=True
@@ -167,9 +254,7 @@ def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]
             disabled=a.disabled,
         ),
         ("credits", "add"): lambda c: accounts.credits_add(c, a.email, a.amount_usd, a.note),
-        ("key", "create"): lambda c: accounts.key_create(c, a.email, a.name, a.rpm, a.tpm),
-        ("key", "list"): lambda c: accounts.key_list(c, a.email, a.json),
-        ("key", "revoke"): lambda c: accounts.key_revoke(c, a.key_or_id),
+        **_key_commands(a),
         ("provider-key", "add"): lambda c: providers.key_add(
             c, a.provider, a.secret, a.secret_env, a.name
         ),

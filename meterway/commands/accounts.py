@@ -1,8 +1,8 @@
-"""`meterway user ...`, `credits add`, `key ...`: users, balances, proxy keys."""
+"""`meterway user ...`, `credits add`, `key revoke`: users, balances, proxy keys
+(`key create|set|list` are in keys.py)."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import asyncpg
@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from meterway.context import CommandError, Context
 from shared import invalidation
 from shared.db import api_keys, users
-from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
+from shared.keys import hash_proxy_key
 from shared.money import AmountError, BalanceOutOfRange, parse_amount, parse_multiplier, usd_str
 from shared.passwords import password_problem
 
@@ -94,52 +94,6 @@ async def credits_add(ctx: Context, email: str, amount_text: str, note: str | No
         raise CommandError(f"{user.email}: {exc}") from exc
     await ctx.publish_balance(user.id, balance, version)
     print(f"{user.email}: balance {usd_str(balance)} USD")
-
-
-async def key_create(ctx: Context, email: str, name: str, rpm: int | None, tpm: int | None) -> None:
-    user = await find_user(ctx, email)
-    for label, value in (("--rpm", rpm), ("--tpm", tpm)):
-        if value is not None and value <= 0:
-            raise CommandError(f"{label} must be a positive integer")
-    secret = new_proxy_key()
-    key = await api_keys.create(
-        ctx.pg,
-        user.id,
-        hash_proxy_key(secret),
-        visible_prefix(secret),
-        name=name,
-        rpm_limit=rpm,
-        tpm_limit=tpm,
-    )
-    print(f"created key {key.id} ({key.name or 'unnamed'}) for {user.email}; it is shown once:")
-    print(secret)
-
-
-async def key_list(ctx: Context, email: str, as_json: bool) -> None:
-    user = await find_user(ctx, email)
-    keys = await api_keys.list_for_user(ctx.pg, user.id)
-    rows = [
-        {
-            "id": k.id,
-            "name": k.name,
-            "prefix": k.prefix,
-            "created": k.created_at.isoformat(),
-            "last_used": k.last_used_at.isoformat() if k.last_used_at else None,
-            "revoked": k.revoked_at is not None,
-            "rpm": k.rpm_limit,
-            "tpm": k.tpm_limit,
-        }
-        for k in keys
-    ]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    print(f"{'id':>6}  {'name':<20} {'prefix':<12} {'created':<20} {'last used':<20} revoked")
-    for r in rows:
-        print(
-            f"{r['id']:>6}  {r['name'][:20]:<20} {r['prefix']:<12} {r['created'][:19]:<20}"
-            f" {(r['last_used'] or '-')[:19]:<20} {'yes' if r['revoked'] else 'no'}"
-        )
 
 
 async def key_revoke(ctx: Context, key_or_id: str) -> None:
