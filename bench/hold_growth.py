@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import orjson
 
-from proxy.handlers import prompt_estimate, request_bound
+from proxy.handlers import prompt_estimate
+from proxy.hold_bound import request_bound
 from proxy.providers import ADAPTERS
 from shared.catalog import load_catalog
 from shared.config import REPO_ROOT

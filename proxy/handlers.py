@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 from aiohttp import web
@@ -14,16 +15,28 @@ from redis.exceptions import RedisError
 from proxy.auth import presented_key
 from proxy.body import read_json
 from proxy.errors import ProxyError
+from proxy.hold_bound import (
+    hold_bound,
+    insufficient_balance,
+    key_budget_exceeded,
+)
+from proxy.key_controls import (
+    budget_of,
+    check_expiry,
+    check_model,
+    key_tag,
+    rate_limit_of,
+    seconds_to_next_minute,
+)
 from proxy.providers import Adapter
 from proxy.providers.bounds import RequestBound
 from proxy.relay import Relay, RelayResult
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
-from shared import redis_keys
-from shared.balance_view import MAX_UNITS, RateLimit
+from shared.balance_view import MAX_UNITS
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
 from shared.events import EncodedUsageEvent, TokenUsage, UsageEvent
-from shared.money import units_ceil, units_to_usd, usd_places, usd_str
+from shared.money import units_ceil
 from shared.pricing import cost_usd, hold_usd
 
 log = structlog.get_logger("meterway.proxy")
@@ -51,6 +64,7 @@ async def authenticate(gw: Gateway, request: web.Request, *, allow_x_api_key: bo
     owner = await gw.keys.lookup(key)
     if owner is None:
         raise ProxyError(401, "Invalid API key", code="invalid_api_key")
+    check_expiry(owner)
     return owner
 
 
@@ -64,19 +78,6 @@ def priced_model(gw: Gateway, adapter: Adapter, body: dict) -> tuple[str, ModelP
     return model, price
 
 
-def rate_limit_of(owner: KeyOwner) -> RateLimit | None:
-    """The key's per-minute limits, counted in a window shared by all proxies."""
-    if not owner.rpm_limit and not owner.tpm_limit:
-        return None
-    minute = int(time.time() // 60)
-    window = redis_keys.rate_window(owner.user_id, owner.api_key_id, minute)
-    return RateLimit(window, owner.rpm_limit, owner.tpm_limit)
-
-
-def seconds_to_next_minute() -> int:
-    return 60 - int(time.time()) % 60
-
-
 def check_provider(gw: Gateway, provider: str) -> None:
     if gw.pool.is_paused(provider):
         raise ProxyError(
@@ -84,77 +85,6 @@ def check_provider(gw: Gateway, provider: str) -> None:
         )
     if not gw.pool.has_keys(provider):
         raise ProxyError(503, "No active API keys", code="no_active_keys", retryable=False)
-
-
-def request_bound(
-    adapter: Adapter, body: dict, raw: bytes, model: str, price: ModelPrice
-) -> RequestBound:
-    """The hold's bound of a request that continues nothing Meterway recorded."""
-    return fit_window(adapter.bound(body, raw, price), model, price)
-
-
-async def hold_bound(
-    gw: Gateway, user_id: int, adapter: Adapter, body: dict, raw: bytes, model: str,
-    price: ModelPrice,
-) -> RequestBound:  # fmt: skip
-    """What the hold covers: the body's own bound (plus the recorded tokens of
-    the answer it continues), capped by the model's context window, or the
-    whole window where the body cannot bound its input."""
-    bound = adapter.bound(body, raw, price)
-    earlier = None
-    if bound.continues is not None:
-        earlier = await remembered_tokens(gw, user_id, bound.continues)
-    return fit_window(bound, model, price, earlier)
-
-
-async def remembered_tokens(gw: Gateway, user_id: int, response_id: str) -> int | None:
-    """Input + output tokens of an answer this user got through Meterway, as
-    billed; None when unknown (another gateway's, expired, or Redis failing)."""
-    try:
-        value = await gw.redis.get(redis_keys.response_tokens(user_id, response_id))
-    except RedisError:
-        return None
-    return int(value) if value is not None else None
-
-
-def fit_window(
-    bound: RequestBound, model: str, price: ModelPrice, earlier_tokens: int | None = None
-) -> RequestBound:
-    if bound.continues is not None:
-        if earlier_tokens is None:
-            bound.server_context = bound.server_context or "a previous response"
-        else:
-            bound.input_tokens += earlier_tokens
-    window = price.context_window
-    if bound.server_context is not None:
-        if window is None:
-            raise ProxyError(
-                400,
-                f"A request with {bound.server_context} needs the model's context_window"
-                f" in the model catalog, and {model} has none; ask the operator to add it",
-                code="context_window_required",
-            )
-        bound.input_tokens = window
-    elif window is not None and bound.input_tokens > window:
-        bound.input_tokens = window
-    return bound
-
-
-def insufficient_balance(hold_units: int, available_units: int) -> ProxyError:
-    """A 402 that says what the request needed and what there was."""
-    needs = units_to_usd(hold_units)
-    available = units_to_usd(max(available_units, 0))
-    return ProxyError(
-        402,
-        f"Insufficient credit balance: this request needs up to {usd_places(needs, up=True)}"
-        f" USD, {usd_places(available, up=False)} available; lower max_tokens"
-        " (the hold assumes the most the request can cost) or add credit",
-        code="insufficient_balance",
-        headers={
-            "x-meterway-hold-usd": usd_str(needs),
-            "x-meterway-available-usd": usd_str(available),
-        },
-    )
 
 
 def billed_usage(result: RelayResult, bound: RequestBound, raw: bytes) -> tuple[TokenUsage, bool]:
@@ -187,6 +117,7 @@ async def _serve(
     owner = await authenticate(gw, request, allow_x_api_key=adapter.provider == "anthropic")
     body, raw = await read_json(gw, request)
     model, price = priced_model(gw, adapter, body)
+    check_model(owner, model)
     check_provider(gw, adapter.provider)
 
     prepared = adapter.prepare(body, raw)
@@ -197,8 +128,9 @@ async def _serve(
     if hold_units > MAX_UNITS:  # more than any balance can be: refused before Redis
         raise insufficient_balance(hold_units, 0)
     limit = rate_limit_of(owner)
+    budget = budget_of(owner)
     try:
-        held = await gw.holds.place(owner.user_id, request_id, hold_units, limit)
+        held = await gw.holds.place(owner.user_id, request_id, hold_units, limit, budget)
     except RedisError as exc:  # never serve unmetered
         log.error("billing_store_unavailable", error=str(exc))
         raise ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1) from exc
@@ -209,6 +141,8 @@ async def _serve(
             code="rate_limit_exceeded",
             retry_after=seconds_to_next_minute(),
         )
+    if held.over_budget:
+        raise key_budget_exceeded(hold_units, held.available_units, budget)
     if not held.placed:
         raise insufficient_balance(hold_units, held.available_units)
 
@@ -246,12 +180,13 @@ async def _serve(
     pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
     window = limit.window_key if limit and limit.tpm else None
     remember = None if estimated else result.response_id  # what continuing it will hold
+    enqueue = partial(gw.queue.enqueue, event, pending_units, window, remember, key_tag(owner))
     try:
         if fits_send_buffer(result.response):  # the client need not wait for the enqueue
             await send_now(request, result.response)
-        await deliver(gw, event, pending_units, window, remember)
+        await deliver(gw, event, enqueue)
     except asyncio.CancelledError:  # shutdown: enqueue (again), to the end; idempotent
-        gw.finish_in_background(deliver(gw, event, pending_units, window, remember))
+        gw.finish_in_background(deliver(gw, event, enqueue))
         raise
     return result.response
 
@@ -282,17 +217,14 @@ async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
 
 
 async def deliver(
-    gw: Gateway,
-    event: EncodedUsageEvent,
-    pending_units: int,
-    rate_window: str | None = None,
-    response_id: str | None = None,
+    gw: Gateway, event: EncodedUsageEvent, enqueue: Callable[[], Awaitable[None]]
 ) -> None:
-    """Enqueue for settlement; when Redis fails, spool the event to Postgres,
-    where the worker settles it from. Only both failing loses it, loudly."""
+    """Enqueue for settlement (`enqueue`: the queue call for `event`, with its
+    pending charge); when Redis fails, spool the event to Postgres, where the
+    worker settles it from. Only both failing loses it, loudly."""
     for attempt in range(_ENQUEUE_ATTEMPTS):
         try:
-            await gw.queue.enqueue(event, pending_units, rate_window, response_id)
+            await enqueue()
             return
         except RedisError as exc:
             gw.metrics.inc("meterway_enqueue_failures_total")

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 from redis.exceptions import RedisError
 
-from shared.balance_view import BalanceView, HoldResult, RateLimit
-from shared.db import users
+from shared.balance_view import BalanceView, HoldResult, KeyBudget, RateLimit
+from shared.db import api_keys, users
+from shared.money import units_ceil
 
 log = structlog.get_logger("meterway.holds")
 
@@ -35,12 +37,24 @@ class Holds:
         self._keeper: asyncio.Task | None = None
 
     async def place(
-        self, user_id: int, request_id: str, units: int, limit: RateLimit | None = None
+        self,
+        user_id: int,
+        request_id: str,
+        units: int,
+        limit: RateLimit | None = None,
+        budget: KeyBudget | None = None,
     ) -> HoldResult:
-        result = await self.view.hold(user_id, request_id, units, self._ttl_ms, limit)
-        if result.missing_view:
-            await self.load_view(user_id)
-            result = await self.view.hold(user_id, request_id, units, self._ttl_ms, limit)
+        """One script call; when Redis lacks the user's balance view or the key's
+        period spend (first use, a flush, a new period), it is loaded from
+        Postgres and the hold tried again."""
+        for _ in range(3):
+            result = await self.view.hold(user_id, request_id, units, self._ttl_ms, limit, budget)
+            if result.missing_view:
+                await self.load_view(user_id)
+            elif result.missing_key_spend and budget is not None:
+                await self.load_key_spend(user_id, budget)
+            else:
+                break
         return result
 
     async def release(self, user_id: int, request_id: str) -> None:
@@ -50,6 +64,13 @@ class Holds:
         found = await users.balance(self._pool, user_id)
         if found is not None:
             await self.view.publish(user_id, found[0], found[1])
+
+    async def load_key_spend(self, user_id: int, budget: KeyBudget) -> None:
+        """The key's settled spend in the budget's period, exact from Postgres,
+        rounded up to whole units (never understated)."""
+        at = budget.at or datetime.now(UTC)
+        spent = await api_keys.spend_in_period(self._pool, budget.key_id, budget.kind, at)
+        await self.view.load_key_spend(user_id, budget, units_ceil(spent))
 
     # --- keeping the holds of running requests --------------------------------------
 

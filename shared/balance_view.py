@@ -11,6 +11,7 @@ holds` and the key's budget atomically.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from redis.asyncio import Redis
@@ -54,6 +55,8 @@ class KeyBudget:
     key_id: int
     period: str  # period id, e.g. "d20261201"
     units: int
+    kind: str = "month"  # day, week, month or total
+    at: datetime | None = None  # an instant in the period (for reading Postgres)
 
     @property
     def tag(self) -> str:

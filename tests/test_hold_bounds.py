@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.handlers import insufficient_balance, request_bound
+from proxy.hold_bound import insufficient_balance, request_bound
 from proxy.providers import ADAPTERS
 from proxy.providers.anthropic_messages import ANTHROPIC_IMAGE_TOKENS
 from proxy.providers.bounds import TEXT_MARGIN_TOKENS
