@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from proxy import docs
 from proxy.account import account, account_usage
+from proxy.account_key import account_key
 from proxy.auth import KeyCache
 from proxy.handlers import llm_handler
 from proxy.holds import Holds
@@ -52,6 +53,7 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/v1/anthropic/v1/models", models_handler("anthropic"))
     r.add_get("/v1/account", account)
     r.add_get("/v1/account/usage", account_usage)
+    r.add_get("/v1/account/key", account_key)
     r.add_post("/v1/account/redeem", redeem)
     r.add_route("*", "/v1/{tail:.*}", not_found)
     r.add_get("/healthz", healthz)
@@ -104,6 +106,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     if gw.background:  # usage events of requests cut short by the shutdown
         await asyncio.wait(gw.background, timeout=10)
+    await gw.holds.close()
     for task in tasks:
         task.cancel()
     for task in tasks:
