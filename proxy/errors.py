@@ -43,6 +43,9 @@ _ANTHROPIC_TYPES = {
     503: "overloaded_error",
     504: "timeout_error",
 }
+# Key-control refusals (contract section 6) whose code Anthropic callers see in
+# the message.
+_CODES_IN_MESSAGE = frozenset({"key_budget_exceeded", "model_not_allowed", "expired_api_key"})
 # Refusals that the SDKs' automatic retries cannot fix.
 _NO_RETRY = {400, 401, 402, 403, 404, 405, 413, 415, 431}
 
@@ -74,6 +77,8 @@ def error_body(
 ) -> bytes:
     if provider == "anthropic":
         error_type = _ANTHROPIC_TYPES.get(status, "api_error")
+        if code in _CODES_IN_MESSAGE:  # Anthropic's format has no code field
+            message = f"{message} ({code})"
         return orjson.dumps(
             {
                 "type": "error",

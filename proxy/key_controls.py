@@ -17,10 +17,15 @@ from shared.money import units_floor
 from shared.periods import period_id
 
 
+def now() -> datetime:
+    """The clock key controls read (tests move it to cross a period)."""
+    return datetime.now(UTC)
+
+
 def check_expiry(owner: KeyOwner) -> None:
     """From `expires_at` on the key is refused, on every proxy at once (the
     time is in the cached owner; only the clock moves)."""
-    if owner.expires_at is not None and owner.expires_at <= datetime.now(UTC):
+    if owner.expires_at is not None and owner.expires_at <= now():
         raise ProxyError(401, "API key expired", code="expired_api_key")
 
 
@@ -47,7 +52,7 @@ def budget_of(owner: KeyOwner, at: datetime | None = None) -> KeyBudget | None:
     if owner.budget_usd is None:
         return None
     kind = owner.budget_period or "month"
-    at = at or datetime.now(UTC)
+    at = at or now()
     return KeyBudget(owner.api_key_id, period_id(kind, at), units_floor(owner.budget_usd), kind, at)
 
 
