@@ -11,7 +11,7 @@ import jinja2
 from aiohttp import web
 from redis.asyncio import Redis
 
-from dashboard import admin_ops, admin_users, auth_views, user_views
+from dashboard import admin_ops, admin_users, auth_views, billing, payments, user_views
 from dashboard.common import STATE, State, headers_middleware, session_middleware
 from dashboard.sessions import Invites, SessionStore, Throttle
 from shared.balance_view import BalanceView
@@ -57,6 +57,18 @@ def _routes(app: web.Application) -> None:
     r.add_get("/admin/alerts", admin_ops.alerts_page)
     r.add_get("/admin/catalog", admin_ops.catalog_page)
     r.add_get("/admin/system", admin_ops.system_page)
+    r.add_get("/billing", billing.billing_page)
+    r.add_get("/billing/statement.csv", billing.statement_csv)
+    r.add_post("/billing/redeem", billing.redeem)
+    r.add_get("/billing/add-credit", payments.add_credit_page)
+    r.add_post("/billing/add-credit", payments.add_credit)
+    r.add_get("/billing/add-credit/success", payments.add_credit_success)
+    r.add_get("/billing/add-credit/cancel", payments.add_credit_cancel)
+    r.add_post(payments.WEBHOOK_PATH, payments.stripe_webhook)  # no session, no CSRF: signed
+    r.add_get("/admin/users/{user_id}/billing", billing.admin_billing_page)
+    r.add_get("/admin/users/{user_id}/billing/statement.csv", billing.admin_statement_csv)
+    r.add_get("/admin/codes", billing.codes_page)
+    r.add_post("/admin/codes", billing.codes_create)
     r.add_static("/static/", HERE / "static")
 
 

@@ -63,6 +63,8 @@ class State:
 
 
 STATE = web.AppKey("state", State)
+# Machine endpoints authenticated by their own signature: no session, no CSRF token.
+SESSIONLESS_PATHS = frozenset({"/webhooks/stripe"})
 SESSION_KEY = web.RequestKey("mw_session", Session)
 USER_KEY = web.RequestKey("mw_user", users.User)
 
@@ -92,7 +94,7 @@ def set_session_cookie(request: web.Request, response: web.StreamResponse, s: Se
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Loads (or starts) the session and its user, checks CSRF on every POST."""
-    if request.path.startswith("/static/"):
+    if request.path.startswith("/static/") or request.path in SESSIONLESS_PATHS:
         return await handler(request)
     st = state(request)
     session = await st.sessions.load(unsign(request.cookies.get(COOKIE, ""), st.cookie_key))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,9 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     alert_from: str = "meterway@localhost"
     alert_operator_emails: str = ""
+    # Section 9: alerts also POSTed here (may carry a secret, as Slack's do: never logged)
+    alert_webhook_url: str | None = Field(default=None, repr=False)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # the worker's /metrics
 
     # Operational knobs beyond the contract (documented in the README).
     hold_ttl_seconds: int = Field(default=3600, ge=1)
@@ -44,6 +48,13 @@ class Settings(BaseSettings):
     client_header_timeout_seconds: float = Field(default=10.0, gt=0)
     client_body_timeout_seconds: float = Field(default=60.0, gt=0)
     dashboard_session_max_hours: float = Field(default=12.0, gt=0)
+
+    # Money in (contract section 7): Stripe Checkout top-ups. Secrets never show in a repr.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    topup_min_usd: Decimal = Decimal(5)
+    topup_max_usd: Decimal = Decimal(1000)
 
     @field_validator("meterway_secret_key")
     @classmethod

@@ -82,7 +82,9 @@ async def test_cli_creates_codes_shown_once_and_lists_them_without_codes(
     for code in made:
         assert code not in out
     ids = [
-        await pg.fetchval("SELECT id FROM redemption_codes WHERE code_hash = $1", codes.hash_code(c))
+        await pg.fetchval(
+            "SELECT id FROM redemption_codes WHERE code_hash = $1", codes.hash_code(c)
+        )
         for c in made
     ]
     first = listed[ids[0]]
@@ -109,9 +111,7 @@ async def test_cli_refuses_bad_amounts_and_past_expiry(cli_env, tmp_path):
     assert rc == 0 and len(out.split()) == 1, err
 
 
-async def test_redeem_credits_once_then_409_invalid_and_expired_400(
-    pg, redis, accounts, proxy_url
-):
+async def test_redeem_credits_once_then_409_invalid_and_expired_400(pg, redis, accounts, proxy_url):
     user = await accounts.create("1")
     (code,) = await make_codes(pg, "3.25")
     async with aiohttp.ClientSession() as http:
@@ -132,9 +132,7 @@ async def test_redeem_credits_once_then_409_invalid_and_expired_400(
         assert set(body["error"]) >= {"message", "type", "code"}
         status, body = await redeem(http, proxy_url, user.key, "mwc-not-a-real-code")
         assert status == 400 and body["error"]["code"] == "invalid_code"
-        (expired,) = await make_codes(
-            pg, "5", expires_at=datetime.now(UTC) - timedelta(seconds=1)
-        )
+        (expired,) = await make_codes(pg, "5", expires_at=datetime.now(UTC) - timedelta(seconds=1))
         status, body = await redeem(http, proxy_url, user.key, expired)
         assert status == 400 and body["error"]["code"] == "invalid_code"
         # malformed bodies and a missing key
@@ -186,9 +184,7 @@ async def test_more_than_ten_failures_an_hour_are_429_even_for_a_good_code(
     assert await accounts.balance(user.user_id) == Decimal(1)
 
 
-async def test_twenty_racing_requests_from_two_users_on_two_proxies_credit_once(
-    stack, books, pg
-):
+async def test_twenty_racing_requests_from_two_users_on_two_proxies_credit_once(stack, books, pg):
     (_, url_a), (_, url_b) = await asyncio.gather(stack.proxy(), stack.proxy())
     alice, bob = await books.create("0"), await books.create("0")
     (code,) = await make_codes(pg, "7.77")
@@ -203,9 +199,12 @@ async def test_twenty_racing_requests_from_two_users_on_two_proxies_credit_once(
     assert all(b["error"]["code"] == "code_already_redeemed" for s, b in results if s == 409)
     total = await books.balance(alice.user_id) + await books.balance(bob.user_id)
     assert total == Decimal("7.77")
-    assert await pg.fetchval(
-        "SELECT count(*) FROM ledger WHERE user_id = ANY($1::bigint[]) AND kind = 'redemption'",
-        [alice.user_id, bob.user_id],
-    ) == 1
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM ledger WHERE user_id = ANY($1::bigint[]) AND kind = 'redemption'",
+            [alice.user_id, bob.user_id],
+        )
+        == 1
+    )
     rc, out = await stack.reconcile()
     assert rc == 0, out
