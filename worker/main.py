@@ -20,6 +20,7 @@ from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
+from worker import webhooks
 from worker.consumer import UsageConsumer
 from worker.mailer import send_pending
 from worker.reaper import reap_orphaned_holds
@@ -62,8 +63,11 @@ def worker_options(settings: Settings) -> dict:
             asyncio.create_task(UsageConsumer(deps, redis, lane).run())
             for lane in range(settings.settle_lanes)
         ]
+        ctx["webhooks"] = asyncio.create_task(webhooks.run(deps.pg, settings))
 
     async def shutdown(ctx: dict) -> None:
+        if "webhooks" in ctx:
+            await webhooks.stop(ctx["webhooks"])
         for consumer in ctx.get("consumers", []):
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -47,3 +47,56 @@ async def mark_sent(conn: Conn, alert_id: int, error: str | None = None) -> None
         await conn.execute("UPDATE alerts SET emailed_at = now() WHERE id = $1", alert_id)
     else:
         await conn.execute("UPDATE alerts SET email_error = $2 WHERE id = $1", alert_id, error)
+
+
+# Webhook delivery (contract section 9; migration 0008). The state is in the
+# row, so retries survive worker restarts; pending rows are locked while one
+# worker POSTs them, so no other worker POSTs them too.
+
+
+async def webhook_due(conn: Conn, limit: int = 20) -> list:
+    """Alerts whose webhook POST is due, locked for this transaction (SKIP LOCKED:
+    another worker's in-flight POSTs are left to it)."""
+    return await conn.fetch(
+        "SELECT id, rule, subject, day, message, webhook_attempts,"
+        " coalesce(webhook_first_at, now()) AS first_at, now() AS now FROM alerts"
+        " WHERE webhook_state = 'pending' AND (webhook_next_at IS NULL OR webhook_next_at <= now())"
+        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+
+
+async def webhook_delivered(conn: Conn, alert_id: int) -> None:
+    await conn.execute(
+        "UPDATE alerts SET webhook_state = 'delivered', webhook_delivered_at = now(),"
+        " webhook_attempts = webhook_attempts + 1, webhook_first_at = coalesce(webhook_first_at,"
+        " now()), webhook_next_at = NULL, webhook_error = NULL WHERE id = $1",
+        alert_id,
+    )
+
+
+async def webhook_failed(
+    conn: Conn, alert_id: int, error: str, retry_in_seconds: float | None
+) -> None:
+    """One failed attempt: retried after `retry_in_seconds`, or, None, given up."""
+    await conn.execute(
+        "UPDATE alerts SET webhook_attempts = webhook_attempts + 1,"
+        " webhook_first_at = coalesce(webhook_first_at, now()), webhook_error = $2,"
+        " webhook_state = CASE WHEN $3::float8 IS NULL THEN 'failed' ELSE 'pending' END,"
+        " webhook_next_at = now() + make_interval(secs => coalesce($3::float8, 0))"
+        " WHERE id = $1",
+        alert_id,
+        error,
+        retry_in_seconds,
+    )
+
+
+async def webhook_not_configured(conn: Conn) -> int:
+    """No ALERT_WEBHOOK_URL: pending alerts are marked 'none', as the mailer marks
+    'not mailed' without SMTP_URL (a webhook set later does not replay them)."""
+    result = await conn.execute(
+        "UPDATE alerts SET webhook_state = 'none',"
+        " webhook_error = 'not posted: ALERT_WEBHOOK_URL is not set'"
+        " WHERE webhook_state = 'pending'"
+    )
+    return int(result.split()[-1])

@@ -126,7 +126,8 @@ async def provider_spend_since(conn: Conn, since: datetime) -> dict[str, Decimal
 
 async def recent_alerts(conn: Conn, limit: int = 200) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, rule, subject, day, message, recipients, created_at, emailed_at, email_error"
+        "SELECT id, rule, subject, day, message, recipients, created_at, emailed_at, email_error,"
+        " webhook_state, webhook_attempts, webhook_error"
         " FROM alerts ORDER BY id DESC LIMIT $1",
         limit,
     )
