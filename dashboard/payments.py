@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import stripe
 from aiohttp import web
@@ -51,13 +52,26 @@ def _client(settings: Settings) -> stripe.StripeClient:
     )
 
 
+def checkout_origins(settings: Settings) -> str:
+    """Where the Add credit form may lead: the form's answer redirects to Stripe's
+    hosted page, and browsers check a redirected form against `form-action`."""
+    parts = urlsplit(settings.stripe_api_base)
+    api = f"{parts.scheme}://{parts.netloc}"
+    return "https://checkout.stripe.com" + ("" if api == "https://api.stripe.com" else f" {api}")
+
+
 def _page(request: web.Request, *, error: str | None = None, amount: str = "",
           status: int = 200) -> web.Response:  # fmt: skip
     s = state(request).settings
-    return render(request, "billing_add_credit.html", {
+    response = render(request, "billing_add_credit.html", {
         "title": "Add credit", "enabled": stripe_enabled(s), "error": error, "amount": amount,
         "min_usd": usd_str(s.topup_min_usd), "max_usd": usd_str(s.topup_max_usd),
     }, status=status)  # fmt: skip
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+        f" frame-ancestors 'none'; form-action 'self' {checkout_origins(s)}; base-uri 'none'"
+    )
+    return response
 
 
 @login_required

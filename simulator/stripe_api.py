@@ -12,6 +12,7 @@ session and sends `charge.refunded`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -55,6 +56,9 @@ class StripeSim:
     refunds: dict[str, list[dict]] = field(default_factory=dict)  # charge id -> refunds
     created: list[dict] = field(default_factory=list)  # form params of each session create
     deliveries: list[tuple[dict, int]] = field(default_factory=list)  # (event, status)
+    # Seconds between "Pay" and its webhook (Stripe's are asynchronous); 0: before the redirect.
+    webhook_delay: float = 0.0
+    _pending: set[asyncio.Task] = field(default_factory=set)
 
     # --- the API ------------------------------------------------------------------------
 
@@ -139,7 +143,12 @@ class StripeSim:
         session = self.sessions.get(request.match_info["sid"])
         if session is None:
             raise web.HTTPNotFound()
-        await self.complete(session["id"])
+        if self.webhook_delay > 0:
+            task = asyncio.create_task(self._complete_later(session["id"]))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        else:
+            await self.complete(session["id"])
         raise web.HTTPSeeOther(
             session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"])
         )
@@ -150,6 +159,10 @@ class StripeSim:
             raise web.HTTPNotFound()
         session["status"] = "expired"
         raise web.HTTPSeeOther(session["cancel_url"])
+
+    async def _complete_later(self, sid: str) -> None:
+        await asyncio.sleep(self.webhook_delay)
+        await self.complete(sid)
 
     async def complete(self, sid: str) -> dict:
         """Mark the session paid and send `checkout.session.completed`."""
