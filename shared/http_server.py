@@ -29,7 +29,7 @@ not logged: its bytes are the client's, and may carry a key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -302,20 +302,23 @@ def serve(
     error_response: ErrorResponse | None = None,
     **runner_args: Any,
 ) -> None:
-    """Serve `app` until SIGINT or SIGTERM, like `web.run_app`, with the limits."""
+    """Serve `app` until SIGINT or SIGTERM, with the limits. Like `web.run_app`, a
+    signal first shuts the server down gracefully (requests in flight finish,
+    within the runner's `shutdown_timeout`), and only then is anything cancelled."""
 
     async def main() -> None:
-        runner = GuardedAppRunner(
-            app, limits, error_response=error_response, handle_signals=True, **runner_args
-        )
+        runner = GuardedAppRunner(app, limits, error_response=error_response, **runner_args)
         await runner.setup()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         try:
             await web.TCPSite(runner, host, port).start()
             if on_start is not None:
                 on_start()
-            await asyncio.Event().wait()  # until a signal raises GracefulExit
+            await stop.wait()
         finally:
             await runner.cleanup()
 
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(main())
+    asyncio.run(main())

@@ -114,6 +114,12 @@ class Upstream:
 
         return recorded_requests(self.runner.app)
 
+    def clear(self) -> None:
+        """Forget the recorded requests (the simulator keeps the last 1000 only)."""
+        from simulator.state import RECORDER_KEY
+
+        self.runner.app[RECORDER_KEY].clear()
+
 
 @pytest.fixture(scope="session")
 async def upstream() -> AsyncIterator[Upstream]:

@@ -18,6 +18,13 @@ from tests.util import free_port
 
 pytestmark = pytest.mark.usefixtures("worker")
 
+
+@pytest.fixture(autouse=True)
+def _room_in_the_recorder(upstream) -> None:
+    """Counts of upstream requests compare lengths of a log bounded at 1000."""
+    upstream.clear()
+
+
 HEADER_TIMEOUT = 0.6
 BODY_TIMEOUT = 0.8
 CHAT = "/v1/openai/chat/completions"
@@ -348,3 +355,50 @@ async def test_dashboard_cuts_slow_headers_and_huge_headers(settings, pg):
             assert status == 200
     finally:
         await runner.cleanup()
+
+
+SERVE_SCRIPT = """
+import asyncio, sys
+from aiohttp import web
+from shared.http_server import ClientLimits, serve
+
+async def slow(request):
+    await asyncio.sleep(1.0)
+    return web.Response(text="finished")
+
+app = web.Application()
+app.router.add_get("/slow", slow)
+serve(app, ClientLimits(header_timeout=0.5), host="127.0.0.1", port=int(sys.argv[1]),
+      on_start=lambda: print("ready", flush=True))
+"""
+
+
+async def test_serve_drains_requests_in_flight_on_sigterm_and_has_the_limits():
+    import signal
+    import sys
+
+    from shared.config import REPO_ROOT
+
+    sport = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVE_SCRIPT, str(sport), cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(20):
+            assert (await proc.stdout.readline()).strip() == b"ready"
+        async with connection(sport) as raw:  # the limits hold in `serve` too
+            await raw.send(b"GET /slow HTTP/1.1\r\nHo")
+            await raw.closed_within(3)
+        async with connection(sport) as raw:
+            await raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            status, _, body = await raw.response()
+            assert (status, body) == (200, b"finished")
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
