@@ -3,9 +3,12 @@ set a password or make a one-time invite link."""
 
 from __future__ import annotations
 
+import secrets
+
 import asyncpg
 from aiohttp import web
 
+from dashboard import key_controls
 from dashboard.auth_views import check_new_password, hash_password
 from dashboard.common import (
     SESSION_KEY,
@@ -25,9 +28,10 @@ from dashboard.common import (
     state,
     take_flash,
 )
-from shared import invalidation, money
+from shared import invalidation, money, redis_keys
 from shared.db import api_keys, users
 from shared.db import dashboard as q
+from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
 from shared.money import units_to_usd
 from shared.passwords import MAX_PASSWORD
 
@@ -71,13 +75,17 @@ async def _load(request: web.Request) -> users.User:
 
 
 async def _detail(request: web.Request, target: users.User, *, error: str | None = None,
-                  invite: str | None = None, status: int = 200) -> web.Response:  # fmt: skip
+                  invite: str | None = None, new_key: str | None = None,
+                  status: int = 200) -> web.Response:  # fmt: skip
     st = state(request)
     held = units_to_usd(await st.view.held_units(target.id))
+    keys = await api_keys.list_for_user(st.pg, target.id)
+    keys.sort(key=lambda k: (k.revoked_at is not None, -k.id))
     return render(request, "admin_user.html", {
         "title": target.email, "target": target, "held": held, "error": error,
-        "invite": invite, "flash": await take_flash(request),
-        "keys": await api_keys.list_for_user(st.pg, target.id),
+        "invite": invite, "flash": await take_flash(request), "new_key": new_key,
+        "rows": await key_controls.key_rows(request, keys),
+        "models": key_controls.catalog_models(request), "once": secrets.token_urlsafe(16),
         "ledger": await q.recent_ledger(st.pg, target.id),
     }, status=status)  # fmt: skip
 
@@ -187,3 +195,56 @@ async def user_invite(request: web.Request) -> web.StreamResponse:
     if request.headers.get("X-Forwarded-Proto", "").lower() == "https":
         link = f"https://{host}/invite/{token}"
     return await _detail(request, target, invite=link)
+
+
+@admin_required
+async def user_key_create(request: web.Request) -> web.StreamResponse:
+    """An operator makes a key for the user, with any controls; shown here once."""
+    st = state(request)
+    target = await _load(request)
+    form = await request.post()
+    name = field(form, "name", 81).strip()
+    if not name or len(name) > 80 or has_control(name):
+        return await _detail(request, target, status=400, error="Give the key a name (at most"
+                             " 80 characters, no control characters).")  # fmt: skip
+    try:
+        controls = key_controls.parse_controls(
+            form, key_controls.catalog_models(request), with_rates=True
+        )
+    except FormError as exc:
+        return await _detail(request, target, error=str(exc), status=400)
+    once = field(form, "once", 100)
+    if once and not await st.redis.set(
+        redis_keys.dashboard_form_once(once), 1, nx=True, ex=24 * 3600
+    ):  # the same form sent again (a reload): no second key
+        return await _detail(request, target, error="That key was already created and shown once.")
+    secret = new_proxy_key()
+    rates = {"rpm_limit": controls.pop("rpm"), "tpm_limit": controls.pop("tpm")}
+    key = await api_keys.create(st.pg, target.id, hash_proxy_key(secret), visible_prefix(secret),
+                                name=name, **rates, **controls)  # fmt: skip
+    log.info("api_key_created", user_id=target.id, api_key_id=key.id,
+             by=current_user(request).id)  # fmt: skip
+    return await _detail(request, target, new_key=secret)
+
+
+@admin_required
+async def user_key_controls(request: web.Request) -> web.StreamResponse:
+    """An operator sets or clears a user's key's budget, models, expiry, rpm and tpm."""
+    target = await _load(request)
+    key = await api_keys.get(state(request).pg, int_param(request, "key_id"))
+    if key is None or key.user_id != target.id:
+        raise web.HTTPNotFound()
+    if key.revoked_at is not None:
+        return await _detail(request, target, error="That key is revoked.", status=400)
+    form = await request.post()
+    try:
+        changes = key_controls.parse_controls(
+            form, key_controls.catalog_models(request), with_rates=True
+        )
+    except FormError as exc:
+        return await _detail(request, target, error=str(exc), status=400)
+    await key_controls.apply(request, key, changes)
+    log.info("api_key_controls_set", user_id=target.id, api_key_id=key.id,
+             by=current_user(request).id)  # fmt: skip
+    await flash_redirect(request, f"/admin/users/{target.id}",
+                         f"Limits of key {key.name} ({key.prefix}…) saved.")  # fmt: skip

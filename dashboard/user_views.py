@@ -13,6 +13,7 @@ from datetime import date
 
 from aiohttp import web
 
+from dashboard import key_controls
 from dashboard.chart import spend_chart
 from dashboard.common import (
     FormError,
@@ -52,7 +53,9 @@ async def _keys_page(request: web.Request, new_key: str | None = None, error: st
     user = current_user(request)
     keys = await api_keys.list_for_user(state(request).pg, user.id)
     keys.sort(key=lambda k: (k.revoked_at is not None, -k.id))
-    return render(request, "keys.html", {"title": "API keys", "keys": keys, "new_key": new_key,
+    return render(request, "keys.html", {"title": "API keys", "new_key": new_key,
+                  "rows": await key_controls.key_rows(request, keys),
+                  "models": key_controls.catalog_models(request),
                   "error": error, "flash": await take_flash(request),
                   "once": secrets.token_urlsafe(16)}, status=status)  # fmt: skip
 
@@ -70,15 +73,18 @@ async def key_create(request: web.Request) -> web.StreamResponse:
     if not name or len(name) > 80 or has_control(name):
         return await _keys_page(request, error="Give the key a name (at most 80 characters,"
                                 " no control characters).", status=400)  # fmt: skip
+    try:
+        controls = key_controls.parse_create(form, key_controls.catalog_models(request))
+    except FormError as exc:
+        return await _keys_page(request, error=str(exc), status=400)
     once = field(form, "once", 100)
     if once and not await state(request).redis.set(
         redis_keys.dashboard_form_once(once), 1, nx=True, ex=24 * 3600
     ):  # the same form sent again (a reload): no second key
         return await _keys_page(request, error="That key was already created and shown once.")
     secret = new_proxy_key()
-    await api_keys.create(
-        state(request).pg, user.id, hash_proxy_key(secret), visible_prefix(secret), name=name
-    )
+    await api_keys.create(state(request).pg, user.id, hash_proxy_key(secret),
+                          visible_prefix(secret), name=name, **controls)  # fmt: skip
     # Shown in this response only; never stored or shown again.
     return await _keys_page(request, new_key=secret)
 
@@ -95,6 +101,26 @@ async def key_revoke(request: web.Request) -> web.StreamResponse:
     await api_keys.revoke_by_hash(st.pg, key_hash)
     await st.notify(invalidation.key_message(key_hash))
     await flash_redirect(request, "/keys", f"Key {key.name} ({key.prefix}…) revoked.")
+
+
+@login_required
+async def key_controls_save(request: web.Request) -> web.StreamResponse:
+    """The owner sets or clears a key's budget, models and expiry (a blank field clears)."""
+    user = current_user(request)
+    key = await api_keys.get(state(request).pg, int_param(request, "key_id"))
+    if key is None or key.user_id != user.id:
+        raise web.HTTPNotFound()
+    if key.revoked_at is not None:
+        return await _keys_page(request, error="That key is revoked.", status=400)
+    form = await request.post()
+    try:
+        changes = key_controls.parse_controls(
+            form, key_controls.catalog_models(request), with_rates=False
+        )
+    except FormError as exc:
+        return await _keys_page(request, error=str(exc), status=400)
+    await key_controls.apply(request, key, changes)
+    await flash_redirect(request, "/keys", f"Limits of {key.name} ({key.prefix}…) saved.")
 
 
 def _filters(request: web.Request) -> tuple[date | None, str | None, str | None]:
