@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from shared.events import UsageEvent
 from shared.redis_keys import USAGE_DEAD_LETTERS, USAGE_STREAM
 from shared.usage_queue import GROUP
+from worker.metrics import METRICS
 from worker.settle import SettleDeps, UnpricedModel, settle_batch
 
 log = structlog.get_logger("meterway.consumer")
@@ -137,4 +138,5 @@ class UsageConsumer:
         """Keep an event that cannot be settled for the operator, out of the way of
         the others: `mw:usage:dead` in Redis, and an error in the log."""
         await self.redis.xadd(USAGE_DEAD_LETTERS, {**fields, b"reason": reason.encode()})
+        METRICS.dead_letters.inc()
         log.error("usage_event_dead_lettered", entry=entry_id.decode(), reason=reason)

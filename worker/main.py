@@ -20,6 +20,7 @@ from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
+from worker import metrics as worker_metrics
 from worker import webhooks
 from worker.consumer import UsageConsumer
 from worker.mailer import send_pending
@@ -64,10 +65,16 @@ def worker_options(settings: Settings) -> dict:
             for lane in range(settings.settle_lanes)
         ]
         ctx["webhooks"] = asyncio.create_task(webhooks.run(deps.pg, settings))
+        if settings.metrics_port:
+            ctx["metrics"] = await worker_metrics.start_server(
+                worker_metrics.METRICS, redis, deps.pg, settings.proxy_host, settings.metrics_port
+            )
 
     async def shutdown(ctx: dict) -> None:
         if "webhooks" in ctx:
             await webhooks.stop(ctx["webhooks"])
+        if ctx.get("metrics") is not None:
+            await ctx["metrics"].cleanup()
         for consumer in ctx.get("consumers", []):
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -33,6 +33,7 @@ from shared.money import exact
 from shared.pricing import cost_usd
 from worker import batch_sql
 from worker.alerts import Charge, Payer, check_after_batch
+from worker.metrics import METRICS
 
 log = structlog.get_logger("meterway.settle")
 
@@ -85,6 +86,7 @@ async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settl
         new_ids = inserted.records
         charged = [e for e in events if e.request_id in new_ids]
         balances = await batch_sql.charge(conn, charged, costs, users)
+    METRICS.count_settled(charged, costs)  # committed: counted once
     settlements = [
         Settlement(
             e.request_id, costs[e.request_id], e.request_id in new_ids, balances[e.user_id][0]
