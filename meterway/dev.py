@@ -112,6 +112,12 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
             }
         )
     key = await _prepare_data(settings, SecretBox(settings.require_secret_key()), simulate)
+    stripe_sim = None
+    if settings.stripe_secret_key is None:  # card top-ups against the Stripe simulator
+        settings, stripe_sim, stripe_runner = await _start_stripe_simulator(
+            settings, simulator_port + 100
+        )
+        runners.append(stripe_runner)
 
     proxy = web.AppRunner(create_app(settings), access_log=None)
     await proxy.setup()
@@ -125,6 +131,12 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
     worker_task = asyncio.create_task(worker.async_run())
 
     _print_welcome(settings, key, simulate)
+    if stripe_sim is not None:
+        print(
+            f"Card top-ups: http://{settings.proxy_host}:{settings.dashboard_port}/billing/add-credit"
+            f" (against the Stripe simulator on {settings.stripe_api_base})\n",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,6 +156,28 @@ def _quiet_while_idle() -> None:
     (several a second) are off; what the jobs log when they do something stays,
     as do warnings and errors."""
     logging.getLogger("arq").setLevel(logging.WARNING)
+
+
+async def _start_stripe_simulator(settings: Settings, port: int):
+    """The Stripe API simulator, with settings that point the dashboard at it and a
+    webhook secret made for this run; its checkout page pays into the dashboard."""
+    from pydantic import SecretStr
+
+    from simulator.stripe_api import StripeSim
+    from simulator.stripe_api import start as start_stripe
+
+    secret, webhook_secret = "sk_test_meterway_dev", "whsec_" + secrets.token_hex(24)
+    dashboard = f"http://{settings.proxy_host}:{settings.dashboard_port}"
+    sim = StripeSim(secret, webhook_secret, f"{dashboard}/webhooks/stripe")
+    runner = await start_stripe("127.0.0.1", port, sim)
+    settings = settings.model_copy(
+        update={
+            "stripe_secret_key": SecretStr(secret),
+            "stripe_webhook_secret": SecretStr(webhook_secret),
+            "stripe_api_base": f"http://127.0.0.1:{port}",
+        }
+    )
+    return settings, sim, runner
 
 
 def _print_welcome(settings: Settings, key: str, simulate: bool) -> None:

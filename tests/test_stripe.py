@@ -256,3 +256,54 @@ async def test_without_stripe_settings_there_is_no_card_payment(pg, browser):
 
 
 from tests.test_dashboard_helpers import browser, dashboard_url  # noqa: E402, F401
+
+
+async def test_meterway_dev_offers_add_credit_against_the_stripe_simulator(database_url):
+    import asyncio
+    import contextlib
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    from tests.stack import RedisServer
+    from tests.test_dev import run_dev, stop
+
+    redis_server = RedisServer()  # its own Redis: its worker must not share the tests' queue
+    await redis_server.start()
+    name = f"meterway_dev_{secrets.token_hex(4)}"
+    dev_db = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    dash_port = free_port()
+    names = {n.upper() for n in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env.update(DATABASE_URL=dev_db, REDIS_URL=redis_server.url, PROXY_PORT=str(free_port()),
+               DASHBOARD_PORT=str(dash_port),
+               METERWAY_SECRET_KEY="dev-test-secret-key-0123456789-abcdefgh")  # fmt: skip
+    proc, output = await run_dev(env)
+    visitor = Browser(f"http://127.0.0.1:{dash_port}")
+    try:
+        line = b""
+        while not line.strip():
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert b"/billing/add-credit" in line and b"Stripe simulator" in line
+        assert b"whsec_" not in line + output.encode()
+        from tests.test_dashboard_helpers import User
+
+        assert await visitor.login(User(0, "dev@meterway.local", "meterway-dev")) == 303
+        status, _, resp = await visitor.post("/billing/add-credit", {"amount_usd": "7.50"})
+        assert status == 303, resp
+        async with aiohttp.ClientSession() as http:
+            async with http.post(resp.headers["Location"] + "/pay", allow_redirects=False) as r:
+                assert r.status == 303
+            status, text, _ = await visitor.get(
+                urlsplit(r.headers["Location"]).path + "?" + urlsplit(r.headers["Location"]).query
+            )
+        assert status == 200 and 'id="credited"' in text and "7.5" in text
+    finally:
+        await visitor.close()
+        await stop(proc)
+        await redis_server.stop()
+        admin = await asyncpg.connect(database_url)
+        with contextlib.suppress(Exception):
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
