@@ -259,3 +259,52 @@ async def test_spend_period_is_exact_after_settled_usage(
     await cli.ok("key", "set", str(key_id), "--budget-usd", "100", "--budget-period", "total")
     k = (await _listed(cli, email))[0]
     assert Decimal(k["spend_period_usd"]) == settled + Decimal("7.5")
+
+
+async def _until(http: aiohttp.ClientSession, proxy_url: str, secret: str, model: str,
+                 status: int, within: float = 5.0) -> dict:  # fmt: skip
+    """Send requests until the proxy answers `status` (a `key set` reached it); the body."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with http.post(
+            f"{proxy_url}/v1/openai/chat/completions",
+            headers={"Authorization": f"Bearer {secret}"},
+            json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        ) as resp:
+            body = await resp.json()
+            if resp.status == status:
+                return body
+        assert asyncio.get_running_loop().time() < deadline, (status, resp.status, body)
+        await asyncio.sleep(0.05)
+
+
+async def test_key_set_reaches_the_running_proxy(
+    cli: Cli, pg: asyncpg.Pool, proxy_url: str, worker: None
+) -> None:
+    """Each control set and cleared with `key set` is in effect on the proxy within 5 s
+    (its cached owner dropped by the invalidation message)."""
+    email = await _user(cli)
+    await cli.ok("credits", "add", email, "5")
+    r = await cli.ok("key", "create", email)
+    secret, key_id = r.out.splitlines()[-1], _key_id(r.out)
+    async with aiohttp.ClientSession() as http:
+        await _until(http, proxy_url, secret, "gpt-4o", 200)  # the owner is cached now
+
+        await cli.ok("key", "set", str(key_id), "--models", "gpt-4.1")
+        body = await _until(http, proxy_url, secret, "gpt-4o", 403)
+        assert body["error"]["code"] == "model_not_allowed", body
+        await _until(http, proxy_url, secret, "gpt-4.1", 200, within=0)
+        await cli.ok("key", "set", str(key_id), "--models", "all")
+        await _until(http, proxy_url, secret, "gpt-4o", 200)
+
+        await cli.ok("key", "set", str(key_id), "--expires-at", "2020-01-01T00:00:00Z")
+        body = await _until(http, proxy_url, secret, "gpt-4o", 401)
+        assert body["error"]["code"] == "expired_api_key", body
+        await cli.ok("key", "set", str(key_id), "--expires-at", "never")
+        await _until(http, proxy_url, secret, "gpt-4o", 200)
+
+        await cli.ok("key", "set", str(key_id), "--budget-usd", "0", "--budget-period", "day")
+        body = await _until(http, proxy_url, secret, "gpt-4o", 402)
+        assert body["error"]["code"] == "key_budget_exceeded", body
+        await cli.ok("key", "set", str(key_id), "--budget-usd", "none")
+        await _until(http, proxy_url, secret, "gpt-4o", 200)
