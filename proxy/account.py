@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.handlers import authenticate
 from proxy.state import GATEWAY, REQUEST_ID
-from shared import daily
 from shared.db import usage as db_usage
-from shared.db import users as db_users
 from shared.money import units_to_usd, usd_str
 
 MAX_USAGE_LIMIT = 1000
@@ -23,32 +19,26 @@ def _json(data: object, request_id: str) -> web.Response:
 
 
 async def account(request: web.Request) -> web.Response:
+    """One consistent snapshot (contract section 9): the balance and today's
+    spend come from one Postgres statement; what is held from Redis."""
     gw = request.app[GATEWAY]
     request_id = request[REQUEST_ID]
     owner = await authenticate(gw, request, allow_x_api_key=True)
-    user = await db_users.by_id(gw.pg, owner.user_id)
-    assert user is not None
+    found = await db_usage.account_snapshot(gw.pg, owner.user_id, db_usage.start_of_utc_day())
+    assert found is not None  # the key's owner was found a moment ago
+    user_id, email, balance, spend_today = found
     held = units_to_usd(await gw.holds.view.held_units(owner.user_id))
-    spend_today = await spend_today_of(gw, user.id)
     return _json(
         {
-            "user_id": user.id,
-            "email": user.email,
-            "balance_usd": usd_str(user.balance_usd),
+            "user_id": user_id,
+            "email": email,
+            "balance_usd": usd_str(balance),
             "held_usd": usd_str(held),
-            "available_usd": usd_str(user.balance_usd - held),
+            "available_usd": usd_str(balance - held),
             "spend_today_usd": usd_str(spend_today),
         },
         request_id,
     )
-
-
-async def spend_today_of(gw, user_id: int) -> Decimal:
-    """From the daily counter; from Postgres when Redis has none (e.g. after a flush)."""
-    key = daily.counter_key("user", user_id)
-    if await gw.redis.exists(key):
-        return await daily.spend(gw.redis, "user", user_id)
-    return await db_usage.spend_since(gw.pg, user_id, db_usage.start_of_utc_day())
 
 
 async def account_usage(request: web.Request) -> web.Response:

@@ -72,3 +72,21 @@ async def spend_since(conn: Conn, user_id: int, since: datetime) -> Decimal:
         since,
     )
     return Decimal(value)
+
+
+async def account_snapshot(
+    conn: Conn, user_id: int, since: datetime
+) -> tuple[int, str, Decimal, Decimal] | None:
+    """(id, email, balance, spend since `since`) read in one statement, so in one
+    snapshot: the spend counts exactly the settled records the balance reflects."""
+    row = await conn.fetchrow(
+        "SELECT u.id, u.email, u.balance_usd,"
+        " (SELECT COALESCE(SUM(r.cost_usd), 0) FROM usage_records r"
+        "  WHERE r.user_id = u.id AND r.created_at >= $2) AS spend"
+        " FROM users u WHERE u.id = $1",
+        user_id,
+        since,
+    )
+    if row is None:
+        return None
+    return row["id"], row["email"], row["balance_usd"], Decimal(row["spend"])
