@@ -133,7 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9100)
     mock.add_argument("--chunk-delay-ms", type=float, default=0.0)
-    sub.add_parser("reconcile", help="check ledger, usage and Redis balances; non-zero on drift")
+    sub.add_parser(
+        "reconcile",
+        help="check ledger, usage, money in (codes, Stripe) and Redis balances; non-zero on drift",
+    )
     alerts = sub.add_parser("alerts", help="the alerts log").add_subparsers(
         dest="action", required=True
     )
