@@ -17,7 +17,7 @@ from proxy.handlers import llm_handler
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
-from proxy.metrics import Metrics
+from proxy.metrics import CONTENT_TYPE, Metrics, mark_first_byte
 from proxy.middleware import refused_request, request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
@@ -37,6 +37,7 @@ from shared.usage_queue import UsageQueue
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
+    app.on_response_prepare.append(mark_first_byte)  # time to first byte
     app.cleanup_ctx.append(_lifecycle)
     _add_routes(app)
     return app
@@ -67,8 +68,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[GATEWAY].metrics.render()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

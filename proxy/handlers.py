@@ -159,6 +159,7 @@ async def _serve(
         return result.response
 
     usage, estimated = billed_usage(result, bound, raw)
+    gw.metrics.count_tokens(adapter.provider, model, usage)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
     event = UsageEvent.encode(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from time import perf_counter
 
 import structlog
 from aiohttp import web
 
 from proxy.errors import ProxyError, error_response
+from proxy.metrics import FIRST_BYTE, labels_of
 from proxy.state import GATEWAY, REQUEST_ID
 
 log = structlog.get_logger("meterway.proxy")
@@ -42,6 +44,8 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(request_id=request_id)
     provider = provider_of(request.path)
     metrics = request.app[GATEWAY].metrics
+    started = perf_counter()
+    metrics.in_flight.inc()
     try:
         response = await handler(request)
     except ProxyError as error:
@@ -54,5 +58,8 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         response = error_response(provider, ProxyError(500, "Internal proxy error"), request_id)
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
-    metrics.inc("meterway_requests_total", provider=provider, status=str(response.status))
+        metrics.in_flight.dec()
+    done = perf_counter()  # a whole answer not sent yet goes out right after this
+    first = request.get(FIRST_BYTE, done)
+    metrics.request_done(*labels_of(request.path), response.status, done - started, first - started)
     return response

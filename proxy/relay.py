@@ -16,6 +16,7 @@ import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from time import perf_counter
 
 import orjson
 import structlog
@@ -25,6 +26,7 @@ from redis.exceptions import RedisError
 from proxy.errors import ProxyError
 from proxy.key_health import Probe, Verdict, classify, rules_for
 from proxy.keypool import NoActiveKey, UpstreamKey
+from proxy.metrics import FIRST_BYTE
 from proxy.providers import Adapter, PreparedBody
 from proxy.providers.sse import StreamScanner
 from proxy.state import Gateway
@@ -204,9 +206,7 @@ class Relay:
         moved = False  # one request moves at most one key to cooling or disabled
         while True:
             try:
-                response = await self.gw.upstream.post(
-                    self.target, upstream_headers(self.request, key), self.prepared.body
-                )
+                response = await self._post(key)
             except ConnectTimeout as exc:
                 following = self._following(provider, tried)
                 if following is None:
@@ -234,6 +234,18 @@ class Relay:
             self._count_retry(provider, key, reason)
             key = following
             tried.add(key.id)
+
+    async def _post(self, key: UpstreamKey) -> UpstreamResponse:
+        """One upstream attempt, timed to its answer's headers or its failure."""
+        started = perf_counter()
+        try:
+            return await self.gw.upstream.post(
+                self.target, upstream_headers(self.request, key), self.prepared.body
+            )
+        finally:
+            self.gw.metrics.upstream_attempt(
+                self.adapter.provider, self.adapter.endpoint, perf_counter() - started
+            )
 
     def _following(self, provider: str, tried: set[int]) -> UpstreamKey | None:
         """The key a retry would go to; None when this request may not try another."""
@@ -372,11 +384,15 @@ class Relay:
         answer.content_type = response.content_type or "text/event-stream"
         answer.headers["Cache-Control"] = "no-cache"
         outcome = "completed"
+        first = True
         try:
             await answer.prepare(self.request)
             async for chunk in response.iter_chunks():
                 out = scanner.feed(chunk)
                 if out:
+                    if first:  # time to first byte: the first body bytes, not the headers
+                        self.request[FIRST_BYTE] = perf_counter()
+                        first = False
                     await answer.write(out)
             rest = scanner.finish()
             if rest:

@@ -44,7 +44,7 @@ async def retries(proxy_url: str) -> int:
     async with aiohttp.ClientSession() as http, http.get(f"{proxy_url}/metrics") as resp:
         text = await resp.text()
     return sum(
-        int(line.rsplit(" ", 1)[1])
+        int(float(line.rsplit(" ", 1)[1]))
         for line in text.splitlines()
         if line.startswith("meterway_upstream_retries_total{")
     )

@@ -140,3 +140,94 @@ def test_settled_usd_is_summed_exactly_then_converted():
     found = samples(metrics.render().decode())
     assert found[("meterway_settled_usd_total", (("model", "m"), ("provider", "openai")))] == 1.0
     assert found[("meterway_settled_events_total", ())] == 10
+
+
+@pytest.fixture
+async def own_proxy(settings, provider_keys):
+    """A proxy of its own: its metrics count only this test's requests."""
+    from tests.conftest import start_proxy
+
+    runner, url = await start_proxy(settings.model_copy(update={"proxy_port": free_port()}))
+    yield url
+    await runner.cleanup()
+
+
+@pytest.mark.usefixtures("worker")
+async def test_proxy_metrics_after_known_traffic(own_proxy, accounts, pg):
+    url = own_proxy
+    acct = await accounts.create("5")
+    openai = openai_client(url, acct.key)
+    anthropic = anthropic_client(url, acct.key)
+    ids = []
+    for _ in range(3):
+        raw = await openai.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, max_tokens=20
+        )
+        ids.append(raw.headers["x-request-id"])
+    for _ in range(2):
+        raw = await openai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=HELLO, max_tokens=20, stream=True
+        )
+        async for _chunk in raw.parse():
+            pass
+        ids.append(raw.headers["x-request-id"])
+    raw = await anthropic.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=20, messages=HELLO
+    )
+    ids.append(raw.headers["x-request-id"])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(  # the path SDK 2.x calls
+            f"{url}/v1/anthropic/v1/messages",
+            headers={"x-api-key": acct.key},
+            json={"model": "claude-haiku-4-5", "max_tokens": 20, "messages": HELLO},
+        ) as resp:
+            assert resp.status == 200
+            ids.append(resp.headers["x-request-id"])
+        async with http.post(
+            f"{url}/v1/openai/chat/completions",
+            headers={"Authorization": "Bearer mw-not-a-key"},
+            json={"model": "gpt-4o", "messages": HELLO},
+        ) as resp:
+            assert resp.status == 401
+        async with http.post(f"{url}/v1/openai/some/thing/{time.time_ns()}") as resp:
+            assert resp.status == 404
+    await wait_settled(pg, ids, timeout=20)
+    found = await scrape(f"{url}/metrics")
+
+    def value(name: str, **labels: str) -> float:
+        return found.get((name, tuple(sorted(labels.items()))), 0)
+
+    chat = {"provider": "openai", "endpoint": "chat/completions"}
+    messages = {"provider": "anthropic", "endpoint": "messages"}
+    assert value("meterway_requests_total", **chat, status="200") == 5
+    assert value("meterway_requests_total", **chat, status="401") == 1
+    assert value("meterway_requests_total", **messages, status="200") == 2
+    assert value("meterway_requests_total", provider="openai", endpoint="other", status="404") == 1
+    requests = [(k, v) for k, v in found.items() if k[0] == "meterway_requests_total"]
+    assert sum(v for _, v in requests) == 9
+    for name in ("meterway_request_duration_seconds", "meterway_time_to_first_byte_seconds"):
+        assert value(f"{name}_count", **chat) == 6  # the 401 included
+        assert value(f"{name}_count", **messages) == 2
+        assert value(f"{name}_bucket", **chat, le="+Inf") == 6
+    assert value("meterway_time_to_first_byte_seconds_sum", **chat) <= value(
+        "meterway_request_duration_seconds_sum", **chat
+    )
+    assert value("meterway_upstream_duration_seconds_count", **chat) == 5
+    assert value("meterway_upstream_duration_seconds_count", **messages) == 2
+    assert value("meterway_in_flight_requests") == 0
+    rows = await pg.fetch(
+        "SELECT provider, model, sum(input_tokens) AS input, sum(output_tokens) AS output,"
+        " sum(cache_read_tokens) AS cache_read, sum(cache_write_tokens) AS cache_write"
+        " FROM usage_records WHERE request_id = ANY($1) GROUP BY provider, model",
+        ids,
+    )
+    assert len(rows) == 3
+    for row in rows:
+        for kind in ("input", "output", "cache_read", "cache_write"):
+            labels = {"provider": row["provider"], "model": row["model"], "kind": kind}
+            assert value("meterway_tokens_total", **labels) == row[kind], labels
+        assert row["input"] > 0 and row["output"] > 0
+    # the counters kept from before
+    assert value("meterway_enqueue_failures_total") == 0
+    assert value("meterway_estimated_usage_total", provider="openai") == 0
+    assert ("meterway_upstream_retries_total", ()) not in found
