@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +15,93 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Provider = Literal["openai", "anthropic"]
 log = structlog.get_logger("meterway.catalog")
 PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic")
+
+
+def _exact_number(value: object) -> object:
+    # json.load(parse_float=Decimal) already gives Decimals; guard floats anyway.
+    return Decimal(repr(value)) if isinstance(value, float) else value
+
+
+_PRICE_FIELDS = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cache_read_per_mtok",
+    "cache_write_per_mtok",
+    "cache_write_1h_per_mtok",
+)
+
+
+class TierPrices(BaseModel):
+    """Prices that replace some of a price set's: a long-context tier
+    (`above_input_tokens`) or a service tier. A price left out is the base's."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h_per_mtok: Decimal | None = Field(default=None, ge=0)
+
+    @field_validator(*_PRICE_FIELDS, mode="before")
+    @classmethod
+    def _exact(cls, value: object) -> object:
+        return _exact_number(value)
+
+
+class LongContextTier(TierPrices):
+    above_input_tokens: int = Field(ge=0)
+
+
+class ServiceTier(TierPrices):
+    tiers: tuple[LongContextTier, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """The prices that apply to one request, per million tokens; a missing cache
+    price is the input price of this set."""
+
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    cache_write_1h: Decimal
+
+    @classmethod
+    def of(cls, *chain: TierPrices | ModelPrice) -> Prices:
+        """The prices of the first of `chain` (a tier, the service tier it is
+        in, the model) that sets each; a cache price none of them sets is the
+        input price of this set."""
+
+        def pick(name: str) -> Decimal | None:
+            for prices in chain:
+                value = getattr(prices, f"{name}_per_mtok")
+                if value is not None:
+                    return value
+            return None
+
+        def cache(name: str) -> Decimal:
+            value = pick(name)
+            return input_price if value is None else value
+
+        input_price, output_price = pick("input"), pick("output")
+        assert input_price is not None and output_price is not None  # the model has both
+        return cls(
+            input_price, output_price, cache("cache_read"), cache("cache_write"),
+            cache("cache_write_1h"),
+        )  # fmt: skip
+
+    @property
+    def dearest_input(self) -> Decimal:
+        """The highest price an input token can have (what holds assume)."""
+        return max(self.input, self.cache_read, self.cache_write, self.cache_write_1h)
+
+
+def _tier_reached(tiers: tuple[LongContextTier, ...], input_tokens: int) -> LongContextTier | None:
+    """The highest tier whose threshold the whole input is strictly above."""
+    reached = [t for t in tiers if input_tokens > t.above_input_tokens]
+    return max(reached, key=lambda t: t.above_input_tokens) if reached else None
 
 
 class ModelPrice(BaseModel):
@@ -34,41 +122,62 @@ class ModelPrice(BaseModel):
     context_window: int | None = Field(default=None, gt=0, lt=2**40)
     # the most tokens one image can count, by the provider's published rules
     max_tokens_per_image: int | None = Field(default=None, gt=0, lt=2**31)
+    # long-context tiers: the whole input above a threshold prices every token
+    tiers: tuple[LongContextTier, ...] = ()
+    # service tiers the provider reports (flex, priority, ...): their prices
+    service_tiers: dict[str, ServiceTier] = Field(default_factory=dict)
+    # USD per web search call (Anthropic server tool, OpenAI Responses tool)
+    web_search_per_call: Decimal | None = Field(default=None, ge=0)
+    # the most tool calls one request may make, where the request sets none
+    max_tool_calls: int | None = Field(default=None, gt=0, lt=2**31)
 
-    @field_validator(
-        "input_per_mtok",
-        "output_per_mtok",
-        "cache_read_per_mtok",
-        "cache_write_per_mtok",
-        "cache_write_1h_per_mtok",
-        "multiplier",
-        mode="before",
-    )
+    @field_validator(*_PRICE_FIELDS, "multiplier", "web_search_per_call", mode="before")
     @classmethod
     def _exact(cls, value: object) -> object:
-        # json.load(parse_float=Decimal) already gives Decimals; guard floats anyway.
-        return Decimal(repr(value)) if isinstance(value, float) else value
+        return _exact_number(value)
+
+    @cached_property
+    def base(self) -> Prices:
+        return Prices.of(self)
 
     @property
     def cache_read(self) -> Decimal:
-        return self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok
+        return self.base.cache_read
 
     @property
     def cache_write(self) -> Decimal:
-        if self.cache_write_per_mtok is None:
-            return self.input_per_mtok
-        return self.cache_write_per_mtok
+        return self.base.cache_write
 
     @property
     def cache_write_1h(self) -> Decimal:
-        if self.cache_write_1h_per_mtok is None:
-            return self.input_per_mtok
-        return self.cache_write_1h_per_mtok
+        return self.base.cache_write_1h
 
     @cached_property
     def dearest_input(self) -> Decimal:
-        """The highest price an input token can have (what holds assume)."""
-        return max(self.input_per_mtok, self.cache_write, self.cache_write_1h)
+        """The highest price an input token can have at base prices."""
+        return self.base.dearest_input
+
+    def prices(self, service_tier: str | None, input_tokens: int) -> Prices:
+        """The prices of a request the provider served at `service_tier` (None,
+        `default`, `standard`...: the model's own), whose whole input was
+        `input_tokens`."""
+        chosen = self.service_tiers.get(service_tier) if service_tier else None
+        chain: tuple[TierPrices | ModelPrice, ...] = (self,) if chosen is None else (chosen, self)
+        tier = _tier_reached(self.tiers if chosen is None else chosen.tiers, input_tokens)
+        if tier is not None:
+            chain = (tier, *chain)
+        return self.base if len(chain) == 1 else Prices.of(*chain)
+
+    def hold_prices(self, requested_tier: str | None, input_tokens: int) -> list[Prices]:
+        """Every price set a request could be served at: the model's, and the
+        requested service tier's (none asked, or `auto`: every listed one), at
+        the long-context tier `input_tokens` reaches."""
+        names: list[str | None] = [None]
+        if requested_tier in (None, "auto"):
+            names += list(self.service_tiers)
+        elif requested_tier in self.service_tiers:
+            names.append(requested_tier)
+        return [self.prices(name, input_tokens) for name in names]
 
 
 class Catalog(BaseModel):

@@ -30,6 +30,9 @@ class TokenUsage(BaseModel):
     cache_write_tokens: int = Field(default=0, ge=0)
     cache_write_1h_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
+    web_search_calls: int = Field(default=0, ge=0)
+    # the service tier the provider reported serving at (None: none reported)
+    service_tier: str | None = Field(default=None, max_length=64)
 
     @property
     def input_tokens(self) -> int:

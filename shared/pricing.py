@@ -1,4 +1,9 @@
-"""Usage -> cost, the contract's formula, Decimal only."""
+"""Usage -> cost, the contract's formula, Decimal only.
+
+The proxy's hold and the worker's charge use this one module: the charge is
+what the usage costs at the prices that apply to it (service tier, long-context
+tier); the hold is the most a request could cost at any of them.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +19,48 @@ MILLION = Decimal(1_000_000)
 def cost_usd(usage: TokenUsage, price: ModelPrice, rate_multiplier: Decimal) -> Decimal:
     """Exact cost of one request in USD.
 
-    cost = (uncached_input*in + cache_read*cr + cache_write*cw + output*out) / 1e6
+    cost = ( sum of tokens * the prices that apply / 1e6
+             + web-search calls * web_search_per_call )
            * user.rate_multiplier * model.multiplier
-    Anthropic's 1-hour cache writes are priced at `cache_write_1h_per_mtok`.
+    The prices that apply: the reported service tier's (when the model lists
+    it), at the long-context tier the whole input reaches. Anthropic's 1-hour
+    cache writes have their own price.
     """
+    prices = price.prices(usage.service_tier, usage.input_tokens)
     cache_write_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
     with exact():  # never a rounded digit (raises instead)
         token_cost = (
-            usage.uncached_input_tokens * price.input_per_mtok
-            + usage.cache_read_tokens * price.cache_read
-            + cache_write_5m * price.cache_write
-            + usage.cache_write_1h_tokens * price.cache_write_1h
-            + usage.output_tokens * price.output_per_mtok
+            usage.uncached_input_tokens * prices.input
+            + usage.cache_read_tokens * prices.cache_read
+            + cache_write_5m * prices.cache_write
+            + usage.cache_write_1h_tokens * prices.cache_write_1h
+            + usage.output_tokens * prices.output
         )
-        return token_cost / MILLION * rate_multiplier * price.multiplier
+        total = token_cost / MILLION
+        if usage.web_search_calls and price.web_search_per_call is not None:
+            total += usage.web_search_calls * price.web_search_per_call
+        return total * rate_multiplier * price.multiplier
 
 
 def hold_usd(
-    input_tokens: int, output_tokens: int, price: ModelPrice, rate_multiplier: Decimal
+    input_tokens: int,
+    output_tokens: int,
+    price: ModelPrice,
+    rate_multiplier: Decimal,
+    requested_tier: str | None = None,
+    tool_calls: int = 0,
 ) -> Decimal:
     """The most a request can cost: its input bound at the dearest input price
-    plus its output bound."""
+    and its output bound at the output price, of the dearest price set it could
+    be served at (the model's, and the requested service tier's or, none or
+    `auto` asked, every listed one; at the long-context tier the input bound
+    reaches), plus its most web-search calls."""
     with exact():
-        token_cost = input_tokens * price.dearest_input + output_tokens * price.output_per_mtok
-        return token_cost / MILLION * rate_multiplier * price.multiplier
+        token_cost = max(
+            input_tokens * prices.dearest_input + output_tokens * prices.output
+            for prices in price.hold_prices(requested_tier, input_tokens)
+        )
+        total = token_cost / MILLION
+        if tool_calls and price.web_search_per_call is not None:
+            total += tool_calls * price.web_search_per_call
+        return total * rate_multiplier * price.multiplier

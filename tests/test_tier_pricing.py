@@ -1,0 +1,76 @@
+"""Long-context tiers, service tiers and web-search calls (contract section 5's
+catalog additions), in the charge and in the hold, to the exact decimal."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from shared.catalog import ModelPrice
+from shared.events import TokenUsage
+from shared.pricing import cost_usd, hold_usd
+
+ONE = Decimal(1)
+
+PRICE = ModelPrice.model_validate(
+    {
+        "provider": "anthropic",
+        "input_per_mtok": "3", "output_per_mtok": "15", "cache_read_per_mtok": "0.3",
+        "cache_write_per_mtok": "3.75",
+        "tiers": [
+            {"above_input_tokens": 200000, "input_per_mtok": "6", "output_per_mtok": "22.5"},
+            {"above_input_tokens": 100000, "input_per_mtok": "4"},
+        ],
+        "service_tiers": {
+            "priority": {"input_per_mtok": "5", "output_per_mtok": "25",
+                         "tiers": [{"above_input_tokens": 200000, "input_per_mtok": "10"}]},
+            "flex": {"input_per_mtok": "1.5", "output_per_mtok": "7.5"},
+        },
+        "web_search_per_call": "0.01",
+    }
+)  # fmt: skip
+
+
+def usage(**fields) -> TokenUsage:
+    return TokenUsage(**fields)
+
+
+def test_below_every_tier_the_base_prices_apply():
+    cost = cost_usd(usage(uncached_input_tokens=1000, output_tokens=100), PRICE, ONE)
+    assert cost == Decimal("0.0045")  # (1000 x 3 + 100 x 15) / 1e6
+
+
+def test_above_a_threshold_every_token_is_priced_at_the_highest_tier_reached():
+    at = usage(uncached_input_tokens=100_000, output_tokens=10)  # not above: base
+    assert cost_usd(at, PRICE, ONE) == Decimal("0.30015")
+    above = usage(uncached_input_tokens=100_001, output_tokens=10)  # tier 100k: input 4
+    assert cost_usd(above, PRICE, ONE) == Decimal("0.400154")  # output keeps the base 15
+    # the whole input decides: cache reads count toward the threshold; a missing
+    # cache price is the input price of the tier that applies
+    mixed = usage(uncached_input_tokens=150_000, cache_read_tokens=60_000, output_tokens=1000)
+    # tier 200k: input 6, output 22.5; cache read keeps the base 0.3 (set in the model)
+    assert cost_usd(mixed, PRICE, ONE) == Decimal("0.9405")  # 0.9 + 0.018 + 0.0225
+
+
+def test_a_reported_service_tier_prices_the_request_and_carries_its_own_tiers():
+    flex = usage(uncached_input_tokens=1000, output_tokens=100, service_tier="flex")
+    assert cost_usd(flex, PRICE, ONE) == Decimal("0.00225")
+    priority = usage(uncached_input_tokens=250_000, output_tokens=100, service_tier="priority")
+    assert cost_usd(priority, PRICE, ONE) == Decimal("2.5025")  # 250k x 10 + 100 x 25
+    standard = usage(uncached_input_tokens=1000, output_tokens=100, service_tier="standard")
+    assert cost_usd(standard, PRICE, ONE) == Decimal("0.0045")  # not listed: the model's
+
+
+def test_web_search_calls_are_billed_per_call_times_the_multipliers():
+    searched = usage(uncached_input_tokens=1000, output_tokens=100, web_search_calls=3)
+    assert cost_usd(searched, PRICE, Decimal("1.5")) == Decimal("0.05175")  # (0.0045+0.03)x1.5
+
+
+def test_the_hold_is_the_dearest_set_at_the_tier_its_input_bound_reaches():
+    # no tier requested: every listed one; priority is dearest (5 in, 25 out)
+    assert hold_usd(1000, 100, PRICE, ONE) == Decimal("0.0075")  # 1000 x 5 + 100 x 25
+    # flex asked for: the model's base (3.75 dearest input) or flex, whichever is more
+    assert hold_usd(1000, 100, PRICE, ONE, "flex") == Decimal("0.00525")
+    # above 200k: priority's own tier (10) against the model's (6, 22.5)
+    assert hold_usd(250_000, 100, PRICE, ONE) == Decimal("2.5025")
+    # the most web-search calls the request allows
+    assert hold_usd(1000, 100, PRICE, ONE, "flex", tool_calls=5) == Decimal("0.05525")
