@@ -231,3 +231,27 @@ async def test_proxy_metrics_after_known_traffic(own_proxy, accounts, pg):
     assert value("meterway_enqueue_failures_total") == 0
     assert value("meterway_estimated_usage_total", provider="openai") == 0
     assert ("meterway_upstream_retries_total", ()) not in found
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist():
+    import json
+    import re
+
+    from proxy.metrics import Metrics
+    from shared.config import REPO_ROOT
+
+    known = set()
+    for registry in (Metrics().registry, WorkerMetrics().registry):
+        for family in registry.collect():
+            known.add(family.name)
+            known |= {f"{family.name}{s}" for s in ("_total", "_bucket", "_count", "_sum")}
+    dashboard = json.loads((REPO_ROOT / "docs" / "grafana-meterway.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"meterway_\w+", target["expr"])
+    }
+    assert used and used <= known, used - known
+    families = {"meterway_requests_total", "meterway_settled_usd_total", "meterway_tokens_total"}
+    assert families <= used
