@@ -123,7 +123,14 @@ async def _serve(
     prepared = adapter.prepare(body, raw)
     bound = await hold_bound(gw, owner.user_id, adapter, body, raw, model, price)
     hold_units = units_ceil(
-        hold_usd(bound.input_tokens, bound.output_tokens, price, owner.rate_multiplier)
+        hold_usd(
+            bound.input_tokens,
+            bound.output_tokens,
+            price,
+            owner.rate_multiplier,
+            bound.service_tier,
+            bound.tool_calls,
+        )
     )
     if hold_units > MAX_UNITS:  # more than any balance can be: refused before Redis
         raise insufficient_balance(hold_units, 0)

@@ -562,6 +562,7 @@ EXPECTED_ANTHROPIC_USAGE = TokenUsage(
     cache_write_tokens=3000,
     cache_write_1h_tokens=2000,
     output_tokens=57,
+    service_tier="standard",  # reported as given
 )
 
 
@@ -595,6 +596,7 @@ def test_anthropic_scanner_state_as_the_stream_goes():
         cache_write_tokens=3000,
         cache_write_1h_tokens=2000,
         output_tokens=1,
+        service_tier="standard",
     )
     for event in events[1:7]:
         scanner.feed(event)
@@ -620,6 +622,7 @@ def test_anthropic_message_delta_with_full_usage_and_nulls():
         cache_write_tokens=3000,  # null in message_delta does not erase message_start's
         cache_write_1h_tokens=2000,
         output_tokens=80,
+        service_tier="standard",
     )
 
 
@@ -661,6 +664,7 @@ def test_anthropic_usage_from_body():
         cache_write_tokens=500,
         cache_write_1h_tokens=300,
         output_tokens=20,
+        service_tier="standard",
     )
     # older answers: no cache_creation split, cache fields possibly null
     old = {"usage": {"input_tokens": 12, "cache_creation_input_tokens": None, "output_tokens": 3}}

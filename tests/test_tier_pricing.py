@@ -74,3 +74,59 @@ def test_the_hold_is_the_dearest_set_at_the_tier_its_input_bound_reaches():
     assert hold_usd(250_000, 100, PRICE, ONE) == Decimal("2.5025")
     # the most web-search calls the request allows
     assert hold_usd(1000, 100, PRICE, ONE, "flex", tool_calls=5) == Decimal("0.05525")
+
+
+# --- what the adapters read and bound --------------------------------------------------
+
+
+def test_adapters_read_the_reported_tier_and_web_searches():
+    import orjson
+
+    from proxy.providers import ADAPTERS
+
+    chat = ADAPTERS[("openai", "chat/completions")]
+    body = {"service_tier": "flex", "usage": {"prompt_tokens": 10, "completion_tokens": 2}}
+    assert chat.usage_from_body(body).service_tier == "flex"
+    responses = ADAPTERS[("openai", "responses")]
+    answer = {
+        "service_tier": "priority",
+        "output": [{"type": "web_search_call", "status": "completed"},
+                   {"type": "web_search_call", "status": "failed"}, {"type": "message"}],
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    }  # fmt: skip
+    usage = responses.usage_from_body(answer)
+    assert (usage.service_tier, usage.web_search_calls) == ("priority", 2)
+    scanner = responses.scanner(responses.prepare({"stream": True}, b"{}"))
+    event = {"type": "response.completed", "response": answer}
+    scanner.feed(b"event: response.completed\ndata: " + orjson.dumps(event) + b"\n\n")
+    assert scanner.usage == usage
+    messages = ADAPTERS[("anthropic", "messages")]
+    anthropic = {"usage": {"input_tokens": 5, "output_tokens": 1, "service_tier": "priority",
+                           "server_tool_use": {"web_search_requests": 4}}}  # fmt: skip
+    usage = messages.usage_from_body(anthropic)
+    assert (usage.service_tier, usage.web_search_calls) == ("priority", 4)
+
+
+def test_the_hold_covers_the_most_web_searches_a_request_allows():
+    import orjson
+    import pytest
+
+    from proxy.errors import ProxyError
+    from proxy.providers import ADAPTERS
+
+    messages = ADAPTERS[("anthropic", "messages")]
+    body = {"model": "m", "max_tokens": 10, "messages": [],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}  # fmt: skip
+    bound = messages.bound(body, orjson.dumps(body), PRICE)
+    assert bound.tool_calls == 3 and bound.server_context == "server tools"
+    del body["tools"][0]["max_uses"]
+    with pytest.raises(ProxyError) as caught:  # nothing bounds the calls
+        messages.bound(body, orjson.dumps(body), PRICE)
+    assert caught.value.status == 400 and caught.value.code == "tool_calls_unbounded"
+    capped = PRICE.model_copy(update={"max_tool_calls": 7})
+    assert messages.bound(body, orjson.dumps(body), capped).tool_calls == 7
+    responses = ADAPTERS[("openai", "responses")]
+    body = {"model": "m", "input": "x", "max_tool_calls": 2, "service_tier": "flex",
+            "tools": [{"type": "web_search"}]}  # fmt: skip
+    bound = responses.bound(body, orjson.dumps(body), PRICE)
+    assert (bound.tool_calls, bound.service_tier) == (2, "flex")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
-from proxy.providers.base import PreparedBody, int_field
+from proxy.providers.base import PreparedBody, int_field, tier_field
 from proxy.providers.bounds import (
     MediaCount,
     RequestBound,
     may_hold,
+    most_tool_calls,
     positive_count,
+    requested_tier,
     text_bound,
     walk,
 )
@@ -30,6 +32,8 @@ def usage_from_anthropic(usage: dict | None) -> TokenUsage | None:
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=write_1h,
         output_tokens=int_field(usage, "output_tokens"),
+        web_search_calls=int_field(usage.get("server_tool_use"), "web_search_requests"),
+        service_tier=tier_field(usage),
     )
 
 
@@ -95,6 +99,16 @@ def _messages_part(part: dict, count: MediaCount) -> bool:
     return False
 
 
+def _searches(request: dict, price: ModelPrice) -> int:
+    """The most web searches the request allows (each web_search tool's `max_uses`)."""
+    tools = request.get("tools")
+    total = 0
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            total += most_tool_calls(positive_count(tool, "max_uses"), price, "web_search")
+    return total
+
+
 def _tools(request: dict, count: MediaCount) -> None:
     tools = request.get("tools")
     for tool in tools if isinstance(tools, list) else ():
@@ -123,7 +137,11 @@ class AnthropicMessages:
             _tools(request, count)
             walk([request.get("system"), request.get("messages")], _messages_part, count)
         per_image = price.max_tokens_per_image or ANTHROPIC_IMAGE_TOKENS
-        return RequestBound(text_bound(raw, count, per_image), output, count.server_context)
+        searches = _searches(request, price) if count.server_context else 0
+        return RequestBound(
+            text_bound(raw, count, per_image), output, count.server_context,
+            service_tier=requested_tier(request), tool_calls=searches,
+        )  # fmt: skip
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         return PreparedBody(raw, stream=request.get("stream") is True)

@@ -43,6 +43,12 @@ class Adapter(Protocol):
         """A fresh scanner for one streamed answer."""
 
 
+def tier_field(data: dict | None) -> str | None:
+    """A reported `service_tier`: a short string, else None."""
+    value = data.get("service_tier") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+
+
 def int_field(data: dict | None, name: str) -> int:
     if not data:
         return 0

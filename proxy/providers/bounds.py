@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from proxy.errors import ProxyError
+from shared.catalog import ModelPrice
 
 # Special tokens a provider adds per request (role markers, separators, a tool
 # preamble): far fewer than the JSON bytes of any message, but never negative.
@@ -49,6 +50,10 @@ class RequestBound:
     # the id of an earlier answer this request continues: its input joins this
     # one's (the tokens Meterway recorded for it, else the context window)
     continues: str | None = None
+    # the service tier the request asks for (None: none, so any listed one)
+    service_tier: str | None = None
+    # the most paid tool calls (web searches) the request allows
+    tool_calls: int = 0
 
 
 @dataclass(slots=True)
@@ -113,6 +118,27 @@ def positive_count(body: dict, name: str, *, default: int | None = None) -> int 
     if value > MAX_COUNT:
         raise ProxyError(400, f"'{name}' is out of range", code="invalid_value")
     return value
+
+
+def requested_tier(body: dict) -> str | None:
+    value = body.get("service_tier")
+    return value if isinstance(value, str) else None
+
+
+def most_tool_calls(own_limit: int | None, price: ModelPrice, tool: str) -> int:
+    """The most paid calls of `tool` a request allows: its own limit, else the
+    model's `max_tool_calls`; a model that prices the calls needs one of them."""
+    if price.web_search_per_call is None:
+        return 0
+    limit = own_limit or price.max_tool_calls
+    if limit is None:
+        raise ProxyError(
+            400,
+            f"Set a limit on {tool} calls: this model bills each call, and the hold must"
+            " cover the most the request can make",
+            code="tool_calls_unbounded",
+        )
+    return limit
 
 
 def choices(body: dict) -> int:

@@ -7,13 +7,14 @@ import re
 import orjson
 
 from proxy.errors import ProxyError
-from proxy.providers.base import PreparedBody, int_field
+from proxy.providers.base import PreparedBody, int_field, tier_field
 from proxy.providers.bounds import (
     MediaCount,
     RequestBound,
     choices,
     may_hold,
     positive_count,
+    requested_tier,
     text_bound,
     walk,
 )
@@ -22,8 +23,15 @@ from shared.catalog import ModelPrice
 from shared.events import TokenUsage
 
 
-def usage_from_openai(usage: dict | None, input_name: str, output_name: str) -> TokenUsage | None:
-    """Chat (`prompt_tokens`) and Responses (`input_tokens`) usage objects."""
+def usage_from_openai(
+    usage: dict | None,
+    input_name: str,
+    output_name: str,
+    service_tier: str | None = None,
+    web_search_calls: int = 0,
+) -> TokenUsage | None:
+    """Chat (`prompt_tokens`) and Responses (`input_tokens`) usage objects; the
+    service tier is reported beside them (`service_tier` of the answer)."""
     if not isinstance(usage, dict):
         return None
     details = usage.get(f"{input_name.split('_')[0]}_tokens_details")
@@ -33,6 +41,8 @@ def usage_from_openai(usage: dict | None, input_name: str, output_name: str) -> 
         uncached_input_tokens=prompt - cached,
         cache_read_tokens=cached,
         output_tokens=int_field(usage, output_name),
+        web_search_calls=web_search_calls,
+        service_tier=service_tier,
     )
 
 
@@ -76,7 +86,9 @@ class ChatScanner(StreamScanner):
         if b'"usage"' in event and not any(null in event for null in _NULL_USAGE):
             data = event_json(event)
             if data is not None:
-                usage = usage_from_openai(data.get("usage"), "prompt_tokens", "completion_tokens")
+                usage = usage_from_openai(
+                    data.get("usage"), "prompt_tokens", "completion_tokens", tier_field(data)
+                )
                 if usage is not None:
                     self.usage = usage
                     if self.filtering and data.get("choices") == []:
@@ -125,7 +137,10 @@ class OpenAIChat:
             if request.get("prediction") is not None:  # rejected predictions bill as output
                 output += len(raw)
         per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
-        return RequestBound(text_bound(raw, count, per_image), output, count.server_context)
+        return RequestBound(
+            text_bound(raw, count, per_image), output, count.server_context,
+            service_tier=requested_tier(request),
+        )  # fmt: skip
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         if request.get("stream") is not True:
@@ -140,7 +155,9 @@ class OpenAIChat:
         return PreparedBody(orjson.dumps(tweaked), stream=True, hide_usage_chunk=True)
 
     def usage_from_body(self, body: dict) -> TokenUsage | None:
-        return usage_from_openai(body.get("usage"), "prompt_tokens", "completion_tokens")
+        return usage_from_openai(
+            body.get("usage"), "prompt_tokens", "completion_tokens", tier_field(body)
+        )
 
     def response_id(self, body: dict) -> str | None:
         return None  # no later request refers to an answer by its id

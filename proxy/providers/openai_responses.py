@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
-from proxy.providers.base import PreparedBody
+from proxy.providers.base import PreparedBody, tier_field
 from proxy.providers.bounds import (
     MediaCount,
     RequestBound,
     may_hold,
+    most_tool_calls,
     positive_count,
+    requested_tier,
     text_bound,
     walk,
 )
@@ -22,6 +24,23 @@ _FINAL = ("response.completed", "response.incomplete", "response.failed")
 _FINAL_BYTES = tuple(name.encode() for name in _FINAL)
 _ERROR_TYPE = re.compile(rb'"type"\s*:\s*"error"')
 _TEXT_DELTA = re.compile(rb'"type"\s*:\s*"response\.output_text\.delta"')
+
+
+def web_search_calls(response: dict) -> int:
+    """Every `web_search_call` output item counts, whatever its status."""
+    output = response.get("output")
+    if not isinstance(output, list):
+        return 0
+    return sum(
+        1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call"
+    )
+
+
+def usage_from_response(response: dict) -> TokenUsage | None:
+    return usage_from_openai(
+        response.get("usage"), "input_tokens", "output_tokens", tier_field(response),
+        web_search_calls(response),
+    )  # fmt: skip
 
 
 def response_id_of(response: dict) -> str | None:
@@ -43,9 +62,7 @@ class ResponsesScanner(StreamScanner):
             if data is not None and data.get("type") in _FINAL:
                 response = data.get("response")
                 if isinstance(response, dict):
-                    self.usage = usage_from_openai(
-                        response.get("usage"), "input_tokens", "output_tokens"
-                    )
+                    self.usage = usage_from_response(response)
                     self.response_id = response_id_of(response)
                 self.complete = True
         elif event.startswith(b"event: error") or _ERROR_TYPE.search(event):
@@ -106,6 +123,14 @@ def _server_side(request: dict, count: MediaCount) -> None:
         count.unbounded("hosted tools")  # search results, files, code output join the input
 
 
+def _searches(request: dict) -> bool:
+    tools = request.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search")
+        for tool in tools
+    )
+
+
 class OpenAIResponses:
     provider = "openai"
     endpoint = "responses"
@@ -121,19 +146,25 @@ class OpenAIResponses:
             walk(request.get("input"), _responses_part, count)
         per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
         deferred = request.get("background") is True and request.get("stream") is not True
+        searches = 0
+        if _searches(request):
+            own = positive_count(request, "max_tool_calls")
+            searches = most_tool_calls(own, price, "web search")
         return RequestBound(
             text_bound(raw, count, per_image),
             output,
             count.server_context,
             deferred,
             count.continues,
+            requested_tier(request),
+            searches,
         )
 
     def prepare(self, request: dict, raw: bytes) -> PreparedBody:
         return PreparedBody(raw, stream=request.get("stream") is True)
 
     def usage_from_body(self, body: dict) -> TokenUsage | None:
-        return usage_from_openai(body.get("usage"), "input_tokens", "output_tokens")
+        return usage_from_response(body)
 
     def response_id(self, body: dict) -> str | None:
         return response_id_of(body)
