@@ -14,6 +14,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
+from shared.balance_view import BalanceView
+from shared.db import users
 from shared.keys import hash_proxy_key
 from shared.periods import period_start
 from shared.redis_keys import INVALIDATE_CHANNEL
@@ -212,7 +214,7 @@ async def test_set_refuses_bad_values_and_changes_nothing(cli: Cli, pg: asyncpg.
 
 
 async def test_spend_period_is_exact_after_settled_usage(
-    cli: Cli, pg: asyncpg.Pool, proxy_url: str, worker: None
+    cli: Cli, pg: asyncpg.Pool, redis: Redis, proxy_url: str, worker: None
 ) -> None:
     email = await _user(cli)
     await cli.ok("credits", "add", email, "5")
@@ -234,14 +236,19 @@ async def test_spend_period_is_exact_after_settled_usage(
     await wait_settled(pg, request_ids)
     # a record from yesterday belongs to yesterday's budget, not today's
     now = datetime.now(UTC)
-    await pg.execute(
-        "INSERT INTO usage_records (request_id, user_id, api_key_id, provider, model, endpoint,"
-        " stream, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,"
-        " created_at) VALUES ($1, $2, $3, 'openai', 'gpt-4o', 'chat/completions', false,"
-        " 1, 1, 0, 0, 7.5, $4)",
-        "req_" + secrets.token_hex(8), user_id, key_id,
-        period_start("day", now) - timedelta(microseconds=1),
-    )  # fmt: skip
+    request_id = "req_" + secrets.token_hex(8)
+    async with pg.acquire() as conn, conn.transaction():  # with its charge: the books reconcile
+        await conn.execute(
+            "INSERT INTO usage_records (request_id, user_id, api_key_id, provider, model,"
+            " endpoint, stream, input_tokens, output_tokens, cache_read_tokens,"
+            " cache_write_tokens, cost_usd, created_at) VALUES ($1, $2, $3, 'openai', 'gpt-4o',"
+            " 'chat/completions', false, 1, 1, 0, 0, 7.5, $4)",
+            request_id, user_id, key_id, period_start("day", now) - timedelta(microseconds=1),
+        )  # fmt: skip
+        balance, version = await users.change_balance(
+            conn, user_id, Decimal("-7.5"), kind="charge", request_id=request_id
+        )
+    await BalanceView(redis).publish(user_id, balance, version)
     settled = await pg.fetchval(
         "SELECT sum(cost_usd) FROM usage_records WHERE request_id = ANY($1::text[])", request_ids
     )

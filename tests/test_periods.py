@@ -127,17 +127,23 @@ async def _key(pg: asyncpg.Pool, **fields) -> api_keys.ApiKey:
 
 
 async def _usage(pg: asyncpg.Pool, key: api_keys.ApiKey, cost: str, at: datetime) -> None:
-    await pg.execute(
-        "INSERT INTO usage_records (request_id, user_id, api_key_id, provider, model, endpoint,"
-        " stream, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,"
-        " created_at) VALUES ($1, $2, $3, 'openai', 'gpt-4o', 'chat/completions', false,"
-        " 1, 1, 0, 0, $4, $5)",
-        "req_" + secrets.token_hex(8),
-        key.user_id,
-        key.id,
-        Decimal(cost),
-        at,
-    )
+    """A settled usage record of the key, with its ledger charge (the books reconcile)."""
+    request_id = "req_" + secrets.token_hex(8)
+    async with pg.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO usage_records (request_id, user_id, api_key_id, provider, model,"
+            " endpoint, stream, input_tokens, output_tokens, cache_read_tokens,"
+            " cache_write_tokens, cost_usd, created_at) VALUES ($1, $2, $3, 'openai', 'gpt-4o',"
+            " 'chat/completions', false, 1, 1, 0, 0, $4, $5)",
+            request_id,
+            key.user_id,
+            key.id,
+            Decimal(cost),
+            at,
+        )
+        await users.change_balance(
+            conn, key.user_id, -Decimal(cost), kind="charge", request_id=request_id
+        )
 
 
 async def test_create_defaults_and_set_controls(pg: asyncpg.Pool):
