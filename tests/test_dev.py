@@ -52,15 +52,15 @@ async def stop(proc) -> None:
 
 
 @pytest.fixture
-async def dev_process(database_url: str, redis_url: str):
+async def dev_process(database_url: str, private_redis):
     name = f"meterway_dev_{secrets.token_hex(4)}"
     dev_db = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": dev_db,
-        # its own Redis database: its worker must not share the tests' queue
-        "REDIS_URL": urlunsplit(urlsplit(redis_url)._replace(path="/12")),
+        # its own Redis server: its worker must not share the tests' queue
+        "REDIS_URL": private_redis[0].url,
         "PROXY_PORT": str(port),
         "DASHBOARD_PORT": str(free_port()),
         "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
@@ -109,7 +109,7 @@ async def test_dev_runs_embedded_postgres_and_redis(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {
         "METERWAY_EMBEDDED": "1",
-        "METERWAY_EMBEDDED_DIR": str(tmp_path),
+        "METERWAY_EMBEDDED_DIR": str(tmp_path / "not" / "there-yet"),  # created
         "PROXY_PORT": str(port),
         "DASHBOARD_PORT": str(free_port()),
         "METERWAY_SECRET_KEY": "dev-test-secret-key-0123456789-abcdefgh",
