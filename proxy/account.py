@@ -62,6 +62,8 @@ async def account_usage(request: web.Request) -> web.Response:
             "cost_usd": usd_str(r["cost_usd"]),
             "estimated": r["estimated"],
             "status": r["status"],
+            "web_search_calls": r["web_search_calls"],
+            "service_tier": r["service_tier"],
         }
         for r in rows
     ]

@@ -33,7 +33,10 @@ def anthropic_usage(gen: Generation, directives: Directives, output_tokens: int)
         "cache_creation_input_tokens": directives.cache_write_tokens,
         "cache_read_input_tokens": directives.cached_tokens,
         "output_tokens": output_tokens,
+        "service_tier": directives.service_tier or "standard",
     }
+    if directives.web_searches:
+        usage["server_tool_use"] = {"web_search_requests": directives.web_searches}
     if directives.cache_write_1h_tokens is not None:
         one_hour = directives.cache_write_1h_tokens
         usage["cache_creation"] = {

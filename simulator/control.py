@@ -28,6 +28,8 @@ class Directives:
     break_after: int | None = None
     error_event_after: int | None = None
     input_tokens: int | None = None
+    service_tier: str | None = None  # as the provider reports it (None: its default)
+    web_searches: int = 0  # server-side web search calls the answer made
     error: str | None = None
 
 
@@ -89,6 +91,8 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
         error_event_after=_int_header(headers, "x-sim-error-event-after"),
         input_tokens=_int_header(headers, "x-sim-input-tokens"),
         error=error,
+        service_tier=headers.get("x-sim-service-tier") or None,
+        web_searches=_int_header(headers, "x-sim-web-searches") or 0,
     )
 
 

@@ -45,7 +45,10 @@ def _message_item(item_id: str, status: str, text: str | None) -> dict[str, Any]
 class _ResponseShape:
     """Builds `response` objects echoing the request's parameters."""
 
-    def __init__(self, body: dict[str, Any], model: str, max_tokens: int | None) -> None:
+    def __init__(
+        self, body: dict[str, Any], model: str, max_tokens: int | None, service_tier: str
+    ) -> None:
+        self._service_tier = service_tier
         self.id = "resp_" + secrets.token_hex(16)
         self.item_id = "msg_" + secrets.token_hex(16)
         self.created_at = int(time.time())
@@ -78,7 +81,7 @@ class _ResponseShape:
             "parallel_tool_calls": body.get("parallel_tool_calls", True),
             "previous_response_id": body.get("previous_response_id"),
             "reasoning": {"effort": None, "summary": None},
-            "service_tier": "default",
+            "service_tier": self._service_tier,
             "store": body.get("store", True),
             "temperature": body.get("temperature", 1.0),
             "text": {"format": {"type": "text"}},
@@ -97,9 +100,13 @@ class _ResponseShape:
         status = "incomplete" if gen.truncated else "completed"
         item = _message_item(self.item_id, status, gen.text)
         usage = None if directives.no_usage else responses_usage(gen, directives)
+        searches = [
+            {"id": f"ws_{i}", "type": "web_search_call", "status": "completed"}
+            for i in range(directives.web_searches)
+        ]
         return self.build(
             status,
-            [item],
+            [*searches, item],
             usage,
             with_usage=not directives.no_usage,
             incomplete=gen.truncated,
@@ -161,7 +168,7 @@ async def handle_responses(request: web.Request) -> web.StreamResponse:
     if input_tokens is None:
         input_tokens = responses_input_tokens(body)
     gen = make_generation(directives.chunks, max_tokens, input_tokens)
-    shape = _ResponseShape(body, model, max_tokens)
+    shape = _ResponseShape(body, model, max_tokens, directives.service_tier or "default")
     if body.get("stream") is True:
         return await _stream(request, directives, gen, shape)
     return web.Response(

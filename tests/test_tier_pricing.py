@@ -130,3 +130,24 @@ def test_the_hold_covers_the_most_web_searches_a_request_allows():
             "tools": [{"type": "web_search"}]}  # fmt: skip
     bound = responses.bound(body, orjson.dumps(body), PRICE)
     assert (bound.tool_calls, bound.service_tier) == (2, "flex")
+
+
+# --- through the proxy and the worker ----------------------------------------------------
+
+
+async def test_the_usage_record_names_the_service_tier(proxy_url, accounts, pg, worker):
+    import aiohttp
+
+    from tests.clients import anthropic_client
+    from tests.conftest import wait_settled
+
+    acct = await accounts.create("1")
+    client = anthropic_client(proxy_url, acct.key)
+    raw = await client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
+    await wait_settled(pg, [raw.headers["x-request-id"]])
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {acct.key}"}) as http:
+        async with http.get(f"{proxy_url}/v1/account/usage?limit=1") as r:
+            record = (await r.json())["data"][0]
+    assert record["service_tier"] == "standard" and record["web_search_calls"] == 0

@@ -44,11 +44,11 @@ _INSERT_USAGE = (
     " INSERT INTO usage_records (request_id, user_id, api_key_id, provider_key_id, provider,"
     " model, endpoint, stream, input_tokens, output_tokens, cache_read_tokens,"
     " cache_write_tokens, cache_write_1h_tokens, cost_usd, estimated, outcome,"
-    " upstream_request_id, created_at, counted, count_batch)"
+    " upstream_request_id, created_at, counted, count_batch, web_search_calls, service_tier)"
     " SELECT r.request_id, r.user_id, k.id, pk.id, r.provider, r.model, r.endpoint, r.stream,"
     " r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,"
     " r.cache_write_1h_tokens, r.cost_usd::numeric, r.estimated, r.outcome,"
-    " r.upstream_request_id, r.created_at, true, b.id"
+    " r.upstream_request_id, r.created_at, true, b.id, r.web_search_calls, r.service_tier"
     " FROM unnest($1::settle_usage_row[]) AS r CROSS JOIN b"
     " LEFT JOIN api_keys k ON k.id = r.api_key_id"
     " LEFT JOIN provider_keys pk ON pk.id = r.provider_key_id"
@@ -78,6 +78,8 @@ def _usage_rows(events: list[UsageEvent], costs: dict[str, Decimal]) -> list[tup
             e.outcome,
             e.upstream_request_id,
             e.created_at,
+            e.usage.web_search_calls,
+            e.usage.service_tier,
         )
         for e in events
     ]

@@ -12,7 +12,8 @@ from shared.events import UsageEvent
 
 _LIST_COLUMNS = (
     "request_id, created_at, provider, model, endpoint, stream, input_tokens, output_tokens,"
-    " cache_read_tokens, cache_write_tokens, cost_usd, estimated, status"
+    " cache_read_tokens, cache_write_tokens, cost_usd, estimated, status, web_search_calls,"
+    " service_tier"
 )
 
 
