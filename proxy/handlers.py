@@ -95,10 +95,6 @@ def billed_usage(result: RelayResult, bound: RequestBound, raw: bytes) -> tuple[
     if usage is not None:  # input known exactly, output still counting
         output = max(usage.output_tokens, result.output_estimate)
         return usage.model_copy(update={"output_tokens": output}), True
-    if bound.deferred:  # a background run: its usage never passes through here
-        return TokenUsage(
-            uncached_input_tokens=bound.input_tokens, output_tokens=bound.output_tokens
-        ), True
     return TokenUsage(
         uncached_input_tokens=prompt_estimate(raw), output_tokens=result.output_estimate
     ), True
@@ -148,6 +144,8 @@ async def _serve(
             code="rate_limit_exceeded",
             retry_after=seconds_to_next_minute(),
         )
+    if held.missing_view or held.missing_key_spend:  # Redis lost what was loaded, again
+        raise ProxyError(503, "Billing store busy, retry shortly", retry_after=1)
     if held.over_budget:
         raise key_budget_exceeded(hold_units, held.available_units, budget)
     if not held.placed:

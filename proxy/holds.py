@@ -67,10 +67,19 @@ class Holds:
 
     async def load_key_spend(self, user_id: int, budget: KeyBudget) -> None:
         """The key's settled spend in the budget's period, exact from Postgres,
-        rounded up to whole units (never understated)."""
+        rounded up to whole units (never understated). It is taken only at the
+        balance version it was read at; when the view is at another one, the
+        balance is published first (the view is behind) or read again (a
+        settlement landed meanwhile)."""
         at = budget.at or datetime.now(UTC)
-        spent = await api_keys.spend_in_period(self._pool, budget.key_id, budget.kind, at)
-        await self.view.load_key_spend(user_id, budget, units_ceil(spent))
+        for _ in range(3):
+            found = await api_keys.spend_and_version(self._pool, budget.key_id, budget.kind, at)
+            if found is None:
+                return
+            spent, version = found
+            if await self.view.load_key_spend(user_id, budget, units_ceil(spent), version) >= 0:
+                return
+            await self.load_view(user_id)  # publishes only a newer version
 
     # --- keeping the holds of running requests --------------------------------------
 

@@ -349,6 +349,7 @@ class Relay:
             f"The {key.provider} key {key.prefix}... (id {key.id}) was disabled: {reason}."
             f" Re-enable it with `meterway provider-key enable {key.id}` once it is fixed.",
             self.gw.settings.operator_emails,
+            webhook=bool(self.gw.settings.alert_webhook_url),
         )
 
     async def _whole(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:

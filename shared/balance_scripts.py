@@ -82,18 +82,27 @@ end
 return {1, available - tonumber(ARGV[2])}
 """
 
-# KEYS: bal, holds, holdexp, holdkey. ARGV: key, period, spend units.
-# Loads a key's settled spend of a period (read from Postgres) where Redis has
-# none, and drops the key's counters of other periods. Returns 1 when set.
+# KEYS: bal, holds, holdexp, holdkey. ARGV: key, period, spend units, version.
+# Loads a key's settled spend of a period, read from Postgres together with the
+# user's balance version, where Redis has none; `kv:` keeps that version, so a
+# settlement already in the spend is never added again (PUBLISH_MANY adds only
+# batches of a later version: a batch commits whole, so the read saw all of it
+# or none). Drops the key's counters of other periods.
+# Returns 1 loaded, 0 there was one already, -1 the view is at another version
+# (read again, or publish the balance first).
 LOAD_KEY_SPEND = """
-local field = 'ks:' .. ARGV[1] .. ':' .. ARGV[2]
-local prefix = 'ks:' .. ARGV[1] .. ':'
+if redis.call('HGET', KEYS[1], 'ver') ~= ARGV[4] then return -1 end
+local tag = ARGV[1] .. ':' .. ARGV[2]
+local spent, kept = 'ks:' .. ARGV[1] .. ':', 'kv:' .. ARGV[1] .. ':'
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if name ~= field and string.sub(name, 1, #prefix) == prefix then
+  local old = string.sub(name, 1, #spent) == spent or string.sub(name, 1, #kept) == kept
+  if old and name ~= 'ks:' .. tag and name ~= 'kv:' .. tag then
     redis.call('HDEL', KEYS[1], name)
   end
 end
-return redis.call('HSETNX', KEYS[1], field, ARGV[3])
+if redis.call('HSETNX', KEYS[1], 'ks:' .. tag, ARGV[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'kv:' .. tag, ARGV[4])
+return 1
 """
 
 # KEYS: bal, holds, holdexp, holdkey. ARGV: at most this many. Releases holds
@@ -157,7 +166,10 @@ if #ids > 0 then
       if units ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. units) end
       local tag = untag(rid, units)
       if tag and units ~= '0' and redis.call('HEXISTS', KEYS[1], 'ks:' .. tag) == 1 then
-        redis.call('HINCRBY', KEYS[1], 'ks:' .. tag, units)
+        -- a batch the spend's load already saw (its version or older) adds nothing
+        if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'kv:' .. tag) or '0') then
+          redis.call('HINCRBY', KEYS[1], 'ks:' .. tag, units)
+        end
       end
     end
   end
@@ -173,11 +185,12 @@ return 1
 
 # KEYS: holdexp. ARGV: ttl ms, request ids... Moves the expiry of holds still
 # open (members of holdexp) to now + ttl; a released or settled hold is not a
-# member any more and stays gone (XX never adds).
+# member any more and stays gone (XX never adds), and a hold already turned into
+# a pending charge keeps its longer expiry (GT never shortens).
 EXTEND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = now + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', at, ARGV[i]) end
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', 'GT', at, ARGV[i]) end
 return #ARGV - 1
 """

@@ -103,12 +103,17 @@ class BalanceView:
         limited = {-2: "requests", -3: "tokens"}.get(status)
         return HoldResult(status == 1, status == -1, int(room), limited, status == -4, status == -5)
 
-    async def load_key_spend(self, user_id: int, budget: KeyBudget, spent_units: int) -> None:
-        """Give Redis the key's settled spend of the budget's period (from
-        Postgres) where it has none; counters of other periods are dropped."""
-        await self._load_key_spend(
-            keys=redis_keys.user_keys(user_id),
-            args=[str(budget.key_id), budget.period, str(spent_units)],
+    async def load_key_spend(
+        self, user_id: int, budget: KeyBudget, spent_units: int, version: int
+    ) -> int:
+        """Give Redis the key's settled spend of the budget's period where it has
+        none: `spent_units` read from Postgres with the user's balance `version`.
+        Returns 1 loaded, 0 one was there, -1 the view is at another version."""
+        return int(
+            await self._load_key_spend(
+                keys=redis_keys.user_keys(user_id),
+                args=[str(budget.key_id), budget.period, str(spent_units), str(version)],
+            )
         )
 
     async def release(self, user_id: int, request_id: str) -> int:

@@ -176,10 +176,14 @@ async def test_posted_once_retried_with_backoff_and_given_up_after_ten_minutes(
         await webhooks.post_due(pg, hooked, http)
     assert sink.tries()[str(doomed)] == 2
 
-    # no webhook configured: new alerts are marked, never POSTed later
-    unhooked = await _record(pg)
+    # fired where no webhook is configured: marked at once, never POSTed later
+    subject = f"user:test-{secrets.token_hex(4)}"
+    assert await db_alerts.record(pg, "user_low_balance", subject, daily.today(), "m", [],
+                                  webhook=False)  # fmt: skip
+    unhooked = await pg.fetchval("SELECT id FROM alerts WHERE subject = $1", subject)
     async with aiohttp.ClientSession() as http:
         assert await webhooks.post_due(pg, settings, http) == 0
+        assert await webhooks.post_due(pg, hooked, http) == 0  # not even by a sender with one
     assert (await _state(pg, unhooked))["webhook_state"] == "none"
 
     listed = {a["id"]: a for a in await _alerts_json(database_url)}
@@ -266,7 +270,7 @@ async def test_retries_survive_a_worker_restart(stack, pg, sink: Sink):
     async def delivered() -> bool:
         return (await _state(pg, alert))["webhook_state"] == "delivered"
 
-    await eventually(delivered)
+    await eventually(delivered, timeout=90)  # the next try waits out the backoff (up to 60 s)
     await asyncio.sleep(2)
     assert sink.accepted()[str(alert)] == 1
     assert sink.tries()[str(alert)] == tried + 1

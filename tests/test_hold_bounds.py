@@ -106,7 +106,7 @@ def test_responses_server_side_context_holds_the_context_window():
         ({"previous_response_id": "resp_123"}, "a previous response"),
         ({"conversation": "conv_1"}, "a conversation"),
         ({"prompt": {"id": "pmpt_1"}}, "a stored prompt"),
-        ({"background": True}, "a background run"),
+        ({"background": True, "stream": True}, "a background run"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "hosted tools"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "a stored item"),
         ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
@@ -123,10 +123,13 @@ def test_responses_server_side_context_holds_the_context_window():
     assert bound_of(RESPONSES, tools)[0].server_context is None
 
 
-def test_a_background_run_without_a_stream_bills_its_bound():
+def test_a_background_run_must_be_streamed():
     body = {"model": "gpt-5", "input": "hi", "background": True}
-    assert bound_of(RESPONSES, body)[0].deferred
-    assert not bound_of(RESPONSES, {**body, "stream": True})[0].deferred
+    with pytest.raises(ProxyError) as caught:  # its usage would never pass through
+        bound_of(RESPONSES, body)
+    assert caught.value.status == 400 and caught.value.code == "background_needs_stream"
+    streamed, _ = bound_of(RESPONSES, {**body, "stream": True})
+    assert streamed.input_tokens == 400_000
 
 
 def test_responses_images_count_per_image():
@@ -165,7 +168,7 @@ def test_anthropic_images_documents_and_server_tools():
     assert bound_of(MESSAGES, body)[0].server_context == "server tools"
     body["tools"] = [{"type": "bash_20250124", "name": "bash"}]
     typed, raw = bound_of(MESSAGES, body)
-    assert typed.input_tokens == len(raw) + TEXT_MARGIN_TOKENS + 2000
+    assert typed.input_tokens == len(raw) + TEXT_MARGIN_TOKENS + 400 + 2000  # tool prompt + bash
 
 
 def test_a_request_that_needs_a_context_window_the_model_lacks_is_a_400():

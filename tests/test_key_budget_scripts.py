@@ -61,8 +61,8 @@ async def test_the_period_spend_is_loaded_before_the_first_hold(view, client):
     result = await view.hold(USER, "r1", 100, TTL, budget=BUDGET)
     assert result.missing_key_spend and not result.placed
     assert await client.hlen(redis_keys.holds(USER)) == 0  # nothing written
-    await view.load_key_spend(USER, BUDGET, 250)
-    await view.load_key_spend(USER, BUDGET, 999)  # only where Redis has none
+    assert await view.load_key_spend(USER, BUDGET, 250, 1) == 1
+    assert await view.load_key_spend(USER, BUDGET, 999, 1) == 0  # only where Redis has none
     assert await field(client, "ks:31:d20261201") == 250
     result = await view.hold(USER, "r1", 100, TTL, budget=BUDGET)
     assert result.placed
@@ -70,7 +70,7 @@ async def test_the_period_spend_is_loaded_before_the_first_hold(view, client):
 
 
 async def test_spend_plus_open_holds_plus_the_new_hold_must_fit(view, client):
-    await view.load_key_spend(USER, BUDGET, 400)
+    await view.load_key_spend(USER, BUDGET, 400, 1)
     assert (await view.hold(USER, "a", 300, TTL, budget=BUDGET)).placed
     assert (await view.hold(USER, "b", 300, TTL, budget=BUDGET)).placed  # exactly 1000
     over = await view.hold(USER, "c", 1, TTL, budget=BUDGET)
@@ -86,7 +86,7 @@ async def test_spend_plus_open_holds_plus_the_new_hold_must_fit(view, client):
 
 async def test_settled_spend_moves_into_the_counter_exactly_once(view, client):
     queue = UsageQueue(client)
-    await view.load_key_spend(USER, BUDGET, 0)
+    await view.load_key_spend(USER, BUDGET, 0, 1)
     assert (await view.hold(USER, "r1", 500, TTL, budget=BUDGET)).placed
     await queue.enqueue(event("r1", 500), 120, key_tag=BUDGET.tag)  # hold -> pending 120
     assert await field(client, "ko:31") == 120 and await field(client, "held") == 120
@@ -98,7 +98,7 @@ async def test_settled_spend_moves_into_the_counter_exactly_once(view, client):
 
 
 async def test_a_request_ending_in_the_next_period_is_counted_there(view, client):
-    await view.load_key_spend(USER, BUDGET, 0)
+    await view.load_key_spend(USER, BUDGET, 0, 1)
     assert (await view.hold(USER, "r1", 500, TTL, budget=BUDGET)).placed
     await UsageQueue(client).enqueue(event("r1", 500), 70, key_tag=f"{KEY}:d20261202")
     await view.publish_many({USER: ["r1"]}, {USER: (Decimal(1), 2)})
@@ -107,13 +107,13 @@ async def test_a_request_ending_in_the_next_period_is_counted_there(view, client
     # where this request's cost already is, on the key's next request
     assert await field(client, "ks:31:d20261202") is None
     nxt = KeyBudget(KEY, "d20261202", 1000)
-    await view.load_key_spend(USER, nxt, 70)
+    await view.load_key_spend(USER, nxt, 70, 2)
     assert await field(client, "ks:31:d20261201") is None  # the old period is dropped
     assert await field(client, "ks:31:d20261202") == 70
 
 
 async def test_expired_and_lost_holds_leave_no_open_total(view, client):
-    await view.load_key_spend(USER, BUDGET, 0)
+    await view.load_key_spend(USER, BUDGET, 0, 1)
     assert (await view.hold(USER, "r1", 400, 1, budget=BUDGET)).placed
     await asyncio.sleep(0.01)
     assert await view.reap_expired(USER) == [("r1", 400)]
@@ -124,9 +124,23 @@ async def test_expired_and_lost_holds_leave_no_open_total(view, client):
 
 
 async def test_a_budget_removed_while_a_request_runs_drops_its_open_total(view, client):
-    await view.load_key_spend(USER, BUDGET, 0)
+    await view.load_key_spend(USER, BUDGET, 0, 1)
     assert (await view.hold(USER, "r1", 400, TTL, budget=BUDGET)).placed
     await UsageQueue(client).enqueue(event("r1", 400), 90)  # no budget any more
     assert await field(client, "ko:31") is None
     await view.publish_many({USER: ["r1"]}, {USER: (Decimal(1), 2)})
     assert await field(client, "ks:31:d20261201") == 0  # not a budgeted request now
+
+
+async def test_a_spend_read_at_another_version_is_refused_and_never_counted_twice(view, client):
+    # read before the view's version (a settlement landed since): refused, read again
+    assert await view.load_key_spend(USER, BUDGET, 0, 0) == -1
+    assert await field(client, "ks:31:d20261201") is None
+    assert (await view.hold(USER, "r1", 500, TTL, budget=BUDGET)).missing_key_spend
+    await view.publish(USER, Decimal(1), 2)  # a charge settled: version 2
+    # Postgres read at version 2 already holds r1's 120: the release adds nothing
+    assert await view.load_key_spend(USER, BUDGET, 120, 2) == 1
+    await client.hset(redis_keys.holds(USER), "r1", "120")  # r1's pending charge
+    await client.hset(redis_keys.hold_keys(USER), "r1", BUDGET.tag)
+    await view.publish_many({USER: ["r1"]}, {USER: (Decimal(1), 2)})
+    assert await field(client, "ks:31:d20261201") == 120

@@ -192,13 +192,15 @@ async def test_models_and_expiry_hold_on_both_proxies_and_clear_within_seconds(
         for url in urls:  # both proxies have the owner cached, without controls
             assert (await post(http, url, acct.key))[0] == 200
         await set_controls(pg, redis, acct, models=(MODEL,))
+        for url in urls:
+            await wait_for(http, url, acct.key, 403, json.dumps(other).encode())
         seen = len(upstream.recorded())
         for url in urls:
-            status, _, body = await wait_for(http, url, acct.key, 403, json.dumps(other).encode())
-            assert body["error"]["type"] == "permission_error"
+            status, _, body = await post(http, url, acct.key, body=json.dumps(other).encode())
+            assert status == 403 and body["error"]["type"] == "permission_error"
             assert "Model not allowed for this API key" in body["error"]["message"]
             assert (await post(http, url, acct.key))[0] == 200  # the listed model still works
-        assert len(upstream.recorded()) - seen == 2
+        assert len(upstream.recorded()) - seen == 2  # nothing upstream for a refusal
         await set_controls(pg, redis, acct, models=None)
         for url in urls:
             await wait_for(http, url, acct.key, 200, json.dumps(other).encode())

@@ -82,7 +82,10 @@ async def fire(
     if not await redis.set(gate, 1, nx=True, ex=GATE_SECONDS):
         return False
     try:
-        recorded = await db_alerts.record(pg, rule, subject, day, message, recipients, occurrence)
+        recorded = await db_alerts.record(
+            pg, rule, subject, day, message, recipients, occurrence,
+            webhook=bool(settings.alert_webhook_url),
+        )  # fmt: skip
     except Exception:
         await redis.delete(gate)  # let the next settlement try again
         raise

@@ -77,8 +77,10 @@ ANTHROPIC_IMAGE_TOKENS = 1_700
 # Client-run tools with a type (bash, text editor, computer use) add a system
 # prompt and definition of at most about 1,300 tokens.
 ANTHROPIC_TYPED_TOOL_TOKENS = 2_000
+# Any tools at all add Anthropic's tool-use system prompt (346 tokens published).
+ANTHROPIC_TOOL_PROMPT_TOKENS = 400
 _SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "mcp", "tool_search")
-_MESSAGES_MEDIA = (b'"image"', b'"document"', b'"tools"', b"mcp_servers", b"container_upload")
+_MESSAGES_MEDIA = (b'"image"', b'"document"', b"container_upload")
 
 
 def _messages_part(part: dict, count: MediaCount) -> bool:
@@ -111,6 +113,8 @@ def _searches(request: dict, price: ModelPrice) -> int:
 
 def _tools(request: dict, count: MediaCount) -> None:
     tools = request.get("tools")
+    if isinstance(tools, list) and tools:
+        count.extra_tokens += ANTHROPIC_TOOL_PROMPT_TOKENS
     for tool in tools if isinstance(tools, list) else ():
         kind = tool.get("type") if isinstance(tool, dict) else None
         if not isinstance(kind, str) or kind == "custom":
@@ -133,8 +137,8 @@ class AnthropicMessages:
     def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
         output = self.output_cap(request) or price.max_output_tokens
         count = MediaCount()
+        _tools(request, count)  # a few field reads: never skipped
         if may_hold(raw, _MESSAGES_MEDIA):
-            _tools(request, count)
             walk([request.get("system"), request.get("messages")], _messages_part, count)
         per_image = price.max_tokens_per_image or ANTHROPIC_IMAGE_TOKENS
         searches = _searches(request, price) if count.server_context else 0

@@ -44,9 +44,6 @@ class RequestBound:
     output_tokens: int
     # why the body cannot bound its input (the hold takes the context window)
     server_context: str | None = None
-    # the answer comes before the work is done (a background run): no usage
-    # ever passes through, so the bound itself is billed
-    deferred: bool = False
     # the id of an earlier answer this request continues: its input joins this
     # one's (the tokens Meterway recorded for it, else the context window)
     continues: str | None = None
@@ -94,7 +91,9 @@ def walk(node: object, rule: PartRule, count: MediaCount) -> None:
 
 
 def may_hold(raw: bytes, markers: Iterable[bytes]) -> bool:
-    return any(marker in raw for marker in markers)
+    """Whether the body may hold what a marker names. A `\\u` escape can spell any
+    name without its bytes, so a body with one is always looked at."""
+    return b"\\u" in raw or any(marker in raw for marker in markers)
 
 
 def text_bound(raw: bytes, count: MediaCount, tokens_per_image: int) -> int:

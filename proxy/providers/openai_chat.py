@@ -103,7 +103,7 @@ class ChatScanner(StreamScanner):
 # The most tokens one image can count (high detail: 85 + 8 tiles x 170 for
 # gpt-4o; gpt-4o-mini's larger rates, 2833 + 8 x 5667, are the worst published).
 OPENAI_IMAGE_TOKENS = 48_169
-_CHAT_MEDIA = (b'"image_url"', b'"file"', b"web_search_options", b'"prediction"')
+_CHAT_MEDIA = (b'"image_url"', b'"file"')
 
 
 def _chat_part(part: dict, count: MediaCount) -> bool:
@@ -130,12 +130,12 @@ class OpenAIChat:
     def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
         output = (self.output_cap(request) or price.max_output_tokens) * choices(request)
         count = MediaCount()
+        if request.get("web_search_options") is not None:
+            count.unbounded("web search results")
+        if request.get("prediction") is not None:  # rejected predictions bill as output
+            output += len(raw)
         if may_hold(raw, _CHAT_MEDIA):
             walk(request.get("messages"), _chat_part, count)
-            if request.get("web_search_options") is not None:
-                count.unbounded("web search results")
-            if request.get("prediction") is not None:  # rejected predictions bill as output
-                output += len(raw)
         per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
         return RequestBound(
             text_bound(raw, count, per_image), output, count.server_context,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from proxy.errors import ProxyError
 from proxy.providers.base import PreparedBody, tier_field
 from proxy.providers.bounds import (
     MediaCount,
@@ -70,16 +71,21 @@ class ResponsesScanner(StreamScanner):
         return True
 
 
-_RESPONSES_MEDIA = (
-    b"previous_response_id",
-    b'"conversation"',
-    b'"prompt"',
-    b'"background"',
-    b'"tools"',
-    b"input_image",
-    b"input_file",
-    b"item_reference",
-)
+# Markers of input items worth a walk (anything typed but plain text messages).
+_RESPONSES_MEDIA = (b'"type"',)
+# Input items and parts whose content is all in the body. Any other type (a
+# stored item, a file, a hosted tool's call whose results OpenAI keeps) leaves
+# the input to the context window.
+_SELF_CONTAINED = frozenset(
+    {
+        "message", "input_text", "output_text", "refusal", "summary_text", "reasoning_text",
+        "input_audio", "function_call", "function_call_output", "custom_tool_call",
+        "custom_tool_call_output", "computer_call", "local_shell_call",
+        "local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call",
+        "apply_patch_call_output", "mcp_approval_response", "url_citation", "file_citation",
+        "container_file_citation", "file_path",
+    }
+)  # fmt: skip
 # Context kept by OpenAI, not in the body: the input part of the hold is the
 # model's context window (contract section 10).
 _SERVER_CONTEXT = {
@@ -91,17 +97,23 @@ _CLIENT_TOOLS = frozenset({"function", "custom"})
 
 def _responses_part(part: dict, count: MediaCount) -> bool:
     kind = part.get("type")
-    if kind == "input_image":
+    if not isinstance(kind, str) or kind in _SELF_CONTAINED:
+        return False  # (a type that is not a name: the provider refuses the request)
+    if kind in ("input_image", "computer_screenshot"):
         url = part.get("image_url")
         count.image(url if isinstance(url, str) and url.startswith("data:") else None)
         return True
+    if kind == "computer_call_output":
+        return False  # its screenshot is counted as an image
+    if kind == "reasoning" and isinstance(part.get("encrypted_content"), str):
+        return False  # carried whole; without it OpenAI reads the stored item
     if kind == "input_file":
         count.unbounded("a file input")
-        return True
-    if kind == "item_reference":
+    elif kind == "item_reference":
         count.unbounded("a stored item")
-        return True
-    return False
+    else:
+        count.unbounded(f"an input item of type {str(kind)[:40]!r}")
+    return True
 
 
 def _server_side(request: dict, count: MediaCount) -> None:
@@ -141,11 +153,17 @@ class OpenAIResponses:
     def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
         output = self.output_cap(request) or price.max_output_tokens
         count = MediaCount()
+        _server_side(request, count)  # a few field reads: never skipped
         if may_hold(raw, _RESPONSES_MEDIA):
-            _server_side(request, count)
             walk(request.get("input"), _responses_part, count)
         per_image = price.max_tokens_per_image or OPENAI_IMAGE_TOKENS
-        deferred = request.get("background") is True and request.get("stream") is not True
+        if request.get("background") is True and request.get("stream") is not True:
+            raise ProxyError(
+                400,
+                "A background response must be streamed through Meterway (stream: true):"
+                " its usage would never pass through otherwise, so it could not be billed",
+                code="background_needs_stream",
+            )
         searches = 0
         if _searches(request):
             own = positive_count(request, "max_tool_calls")
@@ -154,7 +172,6 @@ class OpenAIResponses:
             text_bound(raw, count, per_image),
             output,
             count.server_context,
-            deferred,
             count.continues,
             requested_tier(request),
             searches,

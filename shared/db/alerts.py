@@ -15,11 +15,16 @@ async def record(
     message: str,
     recipients: list[str],
     occurrence: int = 0,
+    *,
+    webhook: bool = True,
 ) -> bool:
-    """Record an alert; False when this rule already fired for the subject that day."""
+    """Record an alert; False when this rule already fired for the subject that day.
+    `webhook`: ALERT_WEBHOOK_URL is set where it fires, so it is to be POSTed;
+    else it is marked not posted at once (a webhook set later replays nothing,
+    and a worker without one never touches other workers' alerts)."""
     row_id = await conn.fetchval(
-        "INSERT INTO alerts (rule, subject, day, occurrence, message, recipients)"
-        " VALUES ($1, $2, $3, $4, $5, $6)"
+        "INSERT INTO alerts (rule, subject, day, occurrence, message, recipients,"
+        " webhook_state, webhook_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         " ON CONFLICT (rule, subject, day, occurrence) DO NOTHING RETURNING id",
         rule,
         subject,
@@ -27,6 +32,8 @@ async def record(
         occurrence,
         message,
         recipients,
+        "pending" if webhook else "none",
+        None if webhook else _NO_WEBHOOK,
     )
     return row_id is not None
 
@@ -91,12 +98,4 @@ async def webhook_failed(
     )
 
 
-async def webhook_not_configured(conn: Conn) -> int:
-    """No ALERT_WEBHOOK_URL: pending alerts are marked 'none', as the mailer marks
-    'not mailed' without SMTP_URL (a webhook set later does not replay them)."""
-    result = await conn.execute(
-        "UPDATE alerts SET webhook_state = 'none',"
-        " webhook_error = 'not posted: ALERT_WEBHOOK_URL is not set'"
-        " WHERE webhook_state = 'pending'"
-    )
-    return int(result.split()[-1])
+_NO_WEBHOOK = "not posted: ALERT_WEBHOOK_URL is not set"

@@ -168,6 +168,24 @@ async def spend_in_period(conn: Conn, key_id: int, period: str, at: datetime) ->
     return Decimal(value)
 
 
+async def spend_and_version(
+    conn: Conn, key_id: int, period: str, at: datetime
+) -> tuple[Decimal, int] | None:
+    """`spend_in_period` and its owner's balance version, in one statement (one
+    snapshot): the spend includes exactly the settlements up to that version."""
+    start, end = period_start(period, at), period_end(period, at)
+    row = await conn.fetchrow(
+        "SELECT u.balance_version,"
+        " (SELECT COALESCE(SUM(r.cost_usd), 0) FROM usage_records r WHERE r.api_key_id = k.id"
+        "  AND ($2::timestamptz IS NULL OR (r.created_at >= $2 AND r.created_at < $3))) AS spend"
+        " FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
+        key_id,
+        start,
+        end,
+    )
+    return (Decimal(row["spend"]), row["balance_version"]) if row else None
+
+
 async def list_for_user(conn: Conn, user_id: int) -> list[ApiKey]:
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY id", user_id
