@@ -213,3 +213,43 @@ def test_the_402_says_what_was_needed_and_what_there_was():
         "x-meterway-hold-usd": "0.163800001",
         "x-meterway-available-usd": "0.1",
     }
+
+
+def test_a_json_escape_cannot_hide_a_marker_from_the_bound():
+    """`\\u0064ocument` is `document` to the provider: the walk still runs."""
+    raw = (
+        b'{"model": "claude-opus-4-5", "max_tokens": 10, "messages": [{"role": "user",'
+        b' "content": [{"type": "d\\u006fcument", "source": {"type": "url",'
+        b' "url": "https://example.com/big.pdf"}}]}]}'
+    )
+    body = orjson.loads(raw)
+    price = SHIPPED.models["claude-opus-4-5"]
+    assert request_bound(MESSAGES, body, raw, "claude-opus-4-5", price).input_tokens == 200_000
+    raw = b'{"model": "gpt-5", "input": "x", "previous_response_i\\u0064": "resp_1"}'
+    bound = request_bound(RESPONSES, orjson.loads(raw), raw, "gpt-5", SHIPPED.models["gpt-5"])
+    assert bound.input_tokens == 400_000
+
+
+def test_responses_input_items_not_known_to_be_whole_hold_the_context_window():
+    for item in [
+        {"type": "reasoning", "id": "rs_1", "summary": []},  # stored, no encrypted content
+        {"type": "image_generation_call", "id": "ig_1"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+    ]:
+        body = {"model": "gpt-5", "input": [item]}
+        assert bound_of(RESPONSES, body)[0].input_tokens == 400_000, item
+    whole = {"model": "gpt-5", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": "42"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "abc"},
+    ]}  # fmt: skip
+    bound, raw = bound_of(RESPONSES, whole)
+    assert bound.server_context is None and bound.input_tokens == len(raw) + TEXT_MARGIN_TOKENS
+
+
+def test_any_anthropic_tools_add_the_tool_use_system_prompt():
+    body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}]}  # fmt: skip
+    bound, raw = bound_of(MESSAGES, body)
+    assert bound.input_tokens == len(raw) + TEXT_MARGIN_TOKENS + 400
