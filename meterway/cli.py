@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one proxy instance")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="serving processes on the one port (default PROXY_WORKERS, else 1)",
+    )
     sub.add_parser("worker", help="run one metering worker")
     dash = sub.add_parser("dashboard", help="run the dashboard")
     dash.add_argument("--port", type=int)
@@ -311,10 +316,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print("applied: " + ", ".join(applied) if applied else "schema is up to date")
         return 0
     if args.command == "serve":
+        host, port = args.host or settings.proxy_host, args.port or settings.proxy_port
+        workers = args.workers if args.workers is not None else settings.proxy_workers
+        if workers < 1:
+            raise CommandError("--workers must be at least 1")
+        if workers > 1:
+            from meterway.commands.serve import serve_workers
+
+            return serve_workers(settings, host, port, workers)
         from proxy.app import run
 
         use_fast_event_loop()
-        run(settings, args.host or settings.proxy_host, args.port or settings.proxy_port)
+        run(settings, host, port)
         return 0
     if args.command == "worker":
         from worker.main import run as run_worker

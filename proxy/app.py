@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
+from time import perf_counter
 
+import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -17,10 +20,11 @@ from proxy.handlers import llm_handler
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
-from proxy.metrics import CONTENT_TYPE, Metrics, mark_first_byte
+from proxy.metrics import CONTENT_TYPE, FIRST_BYTE, Metrics
 from proxy.middleware import refused_request, request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
+from proxy.readiness import READINESS, Readiness, readyz
 from proxy.redeem import redeem
 from proxy.state import GATEWAY, SETTINGS, Gateway
 from proxy.upstream import UpstreamClient
@@ -28,16 +32,19 @@ from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
-from shared.http_server import ClientLimits, GuardedAppRunner, serve
+from shared.http_server import ClientLimits, Drain, GuardedAppRunner, serve
 from shared.keys import SecretBox
 from shared.script_runner import ScriptRunner
 from shared.usage_queue import UsageQueue
+
+log = structlog.get_logger("meterway.proxy")
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
-    app.on_response_prepare.append(mark_first_byte)  # time to first byte
+    app[READINESS] = readiness = Readiness()
+    app.on_response_prepare.append(_on_prepare(readiness))
     app.cleanup_ctx.append(_lifecycle)
     _add_routes(app)
     return app
@@ -58,9 +65,25 @@ def _add_routes(app: web.Application) -> None:
     r.add_post("/v1/account/redeem", redeem)
     r.add_route("*", "/v1/{tail:.*}", not_found)
     r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     r.add_get("/docs", docs.docs_page)
     r.add_get("/docs/pricing", docs.pricing_page)
+
+
+def _on_prepare(readiness: Readiness):
+    """`on_response_prepare`: headers go now, and a whole answer's body with them
+    (time to first byte, `proxy.metrics.FIRST_BYTE`); while draining, every answer
+    closes its connection, so a load balancer reconnects to another proxy."""
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if FIRST_BYTE not in request:
+            request[FIRST_BYTE] = perf_counter()
+        if readiness.draining:  # (the hook runs once aiohttp has made the headers)
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    return on_prepare
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -100,6 +123,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     await gw.pool.load(pg)
     app[GATEWAY] = gw
+    app[READINESS].start(redis)
     tasks = [
         asyncio.create_task(listen_for_invalidations(gw, listener_redis)),
         asyncio.create_task(refresh_periodically(gw, every=10.0)),
@@ -107,6 +131,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     if gw.background:  # usage events of requests cut short by the shutdown
         await asyncio.wait(gw.background, timeout=10)
+    await app[READINESS].stop()
     await gw.holds.close()
     for task in tasks:
         task.cancel()
@@ -130,12 +155,28 @@ def make_runner(settings: Settings) -> web.AppRunner:
     )
 
 
-def run(settings: Settings, host: str, port: int) -> None:
+def run(settings: Settings, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM, then drain (contract section 8): /readyz 503 at once,
+    serving on for SHUTDOWN_DRAIN_SECONDS, then the listener closes and requests
+    in flight get SHUTDOWN_GRACE_SECONDS; streams still running then are cut at
+    the upstream side, so the relay ends and bills them as broken streams."""
+    app = create_app(settings)
+
+    def cut_streams() -> None:
+        gw = app.get(GATEWAY)
+        if gw is not None:
+            cut = gw.upstream.break_busy("proxy shutting down: grace period over")
+            log.warning("shutdown_grace_expired", upstream_exchanges_cut=cut)
+
     serve(
-        create_app(settings),
+        app,
         ClientLimits.from_settings(settings),
         host=host,
         port=port,
         error_response=refused_request,
         access_log=None,
+        sock=sock,
+        drain=Drain.from_settings(
+            settings, on_drain=app[READINESS].drain, on_grace_expired=cut_streams
+        ),
     )

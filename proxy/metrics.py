@@ -19,6 +19,7 @@ cache_read; cache_write; output), and the counters kept from before:
 
 from __future__ import annotations
 
+import os
 from time import perf_counter
 from typing import Any
 
@@ -32,6 +33,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.providers import ADAPTERS
 
@@ -96,9 +98,19 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 class Metrics:
+    """With `PROMETHEUS_MULTIPROC_DIR` set (`serve --workers N` sets it to a fresh
+    directory for its processes), every process writes its values to files
+    there and `render` sums the files of all processes: whichever process
+    answers a scrape shows the whole. `meterway_in_flight_requests` then adds
+    up the live processes' values (`livesum`)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.shown = r
+        if registry is None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.shown = CollectorRegistry()
+            MultiProcessCollector(self.shown)
         self._counters: dict[str, Counter] = {
             name: Counter(name.removesuffix("_total"), help_text, labels, registry=r)
             for name, (help_text, labels) in _COUNTERS.items()
@@ -131,7 +143,10 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "meterway_in_flight_requests", "/v1 requests being answered now.", registry=r
+            "meterway_in_flight_requests",
+            "/v1 requests being answered now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.tokens = Counter(
             "meterway_tokens",
@@ -182,7 +197,7 @@ class Metrics:
             counter.inc(amount)
 
     def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0
+        return self.shown.get_sample_value(name, labels) or 0
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.shown)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     settle_claim_idle_seconds: float = Field(default=30.0, gt=0)
     settle_lanes: int = Field(default=2, ge=1, le=16)
 
+    # Deployment and scale (contract section 8).
+    proxy_workers: int = Field(default=1, ge=1, le=256)
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=60.0, ge=0)
+
     # Slow or huge clients (contract section 10).
     client_header_timeout_seconds: float = Field(default=10.0, gt=0)
     client_body_timeout_seconds: float = Field(default=60.0, gt=0)

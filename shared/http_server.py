@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -44,6 +46,8 @@ from shared.config import Settings
 # The answer to a request refused before it reached the application (its headers
 # malformed or too large): (status, message, the request's path if known) -> response.
 ErrorResponse = Callable[[int, str, "str | None"], web.StreamResponse]
+
+log = structlog.get_logger("meterway.server")
 
 MAX_HEADER_BYTES = 64 * 1024
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's run_app default; its AppRunner's is an hour
@@ -292,6 +296,32 @@ class GuardedAppRunner(web.AppRunner):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """How SIGTERM stops a server (contract section 8). `on_drain` runs at once
+    (readiness goes 503); the server keeps serving for `drain_seconds`, then
+    closes its listening socket and lets requests in flight finish for up to
+    `grace_seconds`; then `on_grace_expired` runs (cut what is left, so it
+    ends as a broken stream rather than a cancelled one), and `CUT_MARGIN`
+    seconds later aiohttp cancels any handler still running."""
+
+    drain_seconds: float = 0.0
+    grace_seconds: float = 60.0
+    on_drain: Callable[[], None] | None = None
+    on_grace_expired: Callable[[], None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **callbacks: Any) -> Drain:
+        return cls(
+            drain_seconds=settings.shutdown_drain_seconds,
+            grace_seconds=settings.shutdown_grace_seconds,
+            **callbacks,
+        )
+
+
+CUT_MARGIN = 5.0  # after the grace limit: time for cut streams to end and be billed
+
+
 def serve(
     app: web.Application,
     limits: ClientLimits,
@@ -300,25 +330,45 @@ def serve(
     port: int,
     on_start: Callable[[], None] | None = None,
     error_response: ErrorResponse | None = None,
+    drain: Drain | None = None,
+    sock: socket.socket | None = None,
     **runner_args: Any,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, with the limits. Like `web.run_app`, a
     signal first shuts the server down gracefully (requests in flight finish,
-    within the runner's `shutdown_timeout`), and only then is anything cancelled."""
+    within the runner's `shutdown_timeout`), and only then is anything cancelled.
+    With `drain`, a signal first drains (see `Drain`). With `sock`, serve on that
+    listening socket (inherited from a supervisor) instead of binding host:port."""
 
     async def main() -> None:
+        if drain is not None:
+            runner_args["shutdown_timeout"] = drain.grace_seconds + CUT_MARGIN
         runner = GuardedAppRunner(app, limits, error_response=error_response, **runner_args)
         await runner.setup()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        cut: asyncio.TimerHandle | None = None
         try:
-            await web.TCPSite(runner, host, port).start()
+            if sock is not None:
+                await web.SockSite(runner, sock).start()
+            else:
+                await web.TCPSite(runner, host, port).start()
             if on_start is not None:
                 on_start()
             await stop.wait()
+            if drain is not None:
+                log.info("shutdown_draining", drain_seconds=drain.drain_seconds)
+                if drain.on_drain is not None:
+                    drain.on_drain()
+                await asyncio.sleep(drain.drain_seconds)
+                if drain.on_grace_expired is not None:
+                    cut = loop.call_later(drain.grace_seconds, drain.on_grace_expired)
+                log.info("shutdown_closing_listener", grace_seconds=drain.grace_seconds)
         finally:
-            await runner.cleanup()
+            await runner.cleanup()  # closes the listener, waits for handlers, cleans up
+            if cut is not None:
+                cut.cancel()
 
     asyncio.run(main())

@@ -131,6 +131,7 @@ class Stack:
             SETTLE_JOB_TIMEOUT="2",
             SETTLE_CLAIM_IDLE_SECONDS="2",
             LOG_LEVEL="WARNING",
+            SHUTDOWN_DRAIN_SECONDS="0",  # no load balancer to move away: stop at once
         )
         env.update(extra)
         return env

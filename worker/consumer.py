@@ -43,11 +43,18 @@ class UsageConsumer:
         self.batch = self.base_batch
         self.claim_idle_ms = int(deps.settings.settle_claim_idle_seconds * 1000)
         self.settled = 0
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Shutdown: finish the batch in hand, read no more (`run` returns). A batch
+        that cannot be settled now (Postgres away) is left pending, and another
+        worker claims it after `settle_claim_idle_seconds`."""
+        self.stopping = True
 
     async def run(self) -> None:
         backoff = 0.1
         ready = False
-        while True:
+        while not self.stopping:
             try:
                 if not ready:
                     await self._ensure_group()
@@ -64,6 +71,8 @@ class UsageConsumer:
                     ready = False
                     continue
                 log.warning("settle_batch_failed", error=str(exc), retry_in=backoff)
+                if self.stopping:
+                    return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

@@ -60,10 +60,10 @@ def worker_options(settings: Settings) -> dict:
             settings=settings,
         )
         # two lanes: one batch's Postgres work overlaps the next batch's Python work
-        ctx["consumers"] = [
-            asyncio.create_task(UsageConsumer(deps, redis, lane).run())
-            for lane in range(settings.settle_lanes)
+        ctx["settlers"] = settlers = [
+            UsageConsumer(deps, redis, lane) for lane in range(settings.settle_lanes)
         ]
+        ctx["consumers"] = [asyncio.create_task(c.run()) for c in settlers]
         ctx["webhooks"] = asyncio.create_task(webhooks.run(deps.pg, settings))
         if settings.metrics_port:
             ctx["metrics"] = await worker_metrics.start_server(
@@ -71,6 +71,15 @@ def worker_options(settings: Settings) -> dict:
             )
 
     async def shutdown(ctx: dict) -> None:
+        # SIGTERM (arq's handler ends the main task, then this runs): the consumers
+        # finish the batch in hand and stop reading; one still stuck after the job
+        # timeout is cancelled, its batch left pending for another worker to claim
+        for settler in ctx.get("settlers", []):
+            settler.stop()
+        if ctx.get("consumers"):
+            _, stuck = await asyncio.wait(ctx["consumers"], timeout=timeout)
+            if stuck:
+                log.warning("settle_stopped_mid_batch", lanes=len(stuck))
         if "webhooks" in ctx:
             await webhooks.stop(ctx["webhooks"])
         if ctx.get("metrics") is not None:

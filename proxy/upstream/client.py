@@ -162,6 +162,14 @@ class UpstreamClient:
         if self._busy and not self._closed:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
+    def break_busy(self, reason: str) -> int:
+        """Break every exchange in progress (the shutdown's grace limit): each
+        relay sees its upstream break, and ends and bills it as a broken stream."""
+        busy = list(self._busy)
+        for conn in busy:
+            conn._break(ConnectionBroken(reason))
+        return len(busy)
+
     async def close(self) -> None:
         self._closed = True
         if self._sweeper is not None:
