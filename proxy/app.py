@@ -16,7 +16,7 @@ from proxy import docs
 from proxy.account import account, account_usage
 from proxy.account_key import account_key
 from proxy.auth import KeyCache
-from proxy.handlers import llm_handler
+from proxy.free_endpoints import handler_for
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
@@ -53,9 +53,9 @@ def create_app(settings: Settings) -> web.Application:
 def _add_routes(app: web.Application) -> None:
     r = app.router
     for (provider, endpoint), adapter in ADAPTERS.items():
-        r.add_post(f"/v1/{provider}/{endpoint}", llm_handler(adapter))
+        r.add_post(f"/v1/{provider}/{endpoint}", handler_for(adapter))
         if provider == "anthropic":  # the path the Anthropic SDK calls
-            r.add_post(f"/v1/anthropic/v1/{endpoint}", llm_handler(adapter))
+            r.add_post(f"/v1/anthropic/v1/{endpoint}", handler_for(adapter))
     r.add_get("/v1/openai/models", models_handler("openai"))
     r.add_get("/v1/anthropic/models", models_handler("anthropic"))
     r.add_get("/v1/anthropic/v1/models", models_handler("anthropic"))

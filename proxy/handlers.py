@@ -75,6 +75,13 @@ def priced_model(gw: Gateway, adapter: Adapter, body: dict) -> tuple[str, ModelP
     price = gw.catalog.get(model)
     if price is None or price.provider != adapter.provider:
         raise ProxyError(400, f"Unknown model pricing: {model}", code="model_not_found")
+    if price.kind != getattr(adapter, "model_kind", "chat"):  # an embedding model, or not one
+        raise ProxyError(
+            400,
+            f"Model {model} is {'an' if price.kind == 'embedding' else 'not an'} embedding"
+            f" model: it is not served on /{adapter.endpoint}",
+            code="model_not_supported",
+        )
     return model, price
 
 

@@ -60,6 +60,8 @@ def fit_window(
         else:
             bound.input_tokens += earlier_tokens
     window = price.context_window
+    if window is not None and bound.inputs > 1:  # each input has its own window
+        window *= bound.inputs
     if bound.server_context is not None:
         if window is None:
             raise ProxyError(

@@ -194,3 +194,13 @@ local at = now + tonumber(ARGV[1])
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', 'GT', at, ARGV[i]) end
 return #ARGV - 1
 """
+
+# A request of a free endpoint (no hold) counted against its key's requests per
+# minute, in the same window HOLD counts metered requests in.
+# KEYS: rate window. ARGV: rpm. Returns 1 counted, 0 over the limit (not counted).
+COUNT_REQUEST = """
+if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('EXPIRE', KEYS[1], 120)
+return 1
+"""

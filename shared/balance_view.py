@@ -169,3 +169,18 @@ class BalanceView:
     async def held_units(self, user_id: int) -> int:
         value = await self._redis.hget(redis_keys.balance(user_id), "held")
         return int(value or 0)
+
+
+class RequestCounter:
+    """Counts requests that place no hold (free endpoints) against a key's
+    requests per minute, in the window metered requests are counted in."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._count = redis.register_script(lua.COUNT_REQUEST)
+
+    async def count(self, limit: RateLimit) -> bool:
+        """True when counted; False when the key is at its rpm (nothing counted).
+        A key without an rpm limit is never counted (and Redis not asked)."""
+        if not limit.rpm:
+            return True
+        return bool(await self._count(keys=[limit.window_key], args=[str(limit.rpm)]))

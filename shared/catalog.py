@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Provider = Literal["openai", "anthropic"]
 log = structlog.get_logger("meterway.catalog")
@@ -110,6 +110,9 @@ class ModelPrice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     provider: Provider
+    # `embedding`: served by the embeddings endpoint only (and the only kind it
+    # serves); its output price may be left out (embeddings bill input only)
+    kind: Literal["chat", "embedding"] = "chat"
     input_per_mtok: Decimal = Field(ge=0)
     output_per_mtok: Decimal = Field(ge=0)
     cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)
@@ -135,6 +138,15 @@ class ModelPrice(BaseModel):
     @classmethod
     def _exact(cls, value: object) -> object:
         return _exact_number(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedding_output_price(cls, data: object) -> object:
+        """An embedding model may omit its output price: it is 0."""
+        if isinstance(data, dict) and data.get("kind") == "embedding":
+            if data.get("output_per_mtok") is None:
+                data = {**data, "output_per_mtok": Decimal(0)}
+        return data
 
     @cached_property
     def base(self) -> Prices:

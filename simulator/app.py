@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from simulator.anthropic_count_tokens import handle_count_tokens
 from simulator.anthropic_messages import handle_messages
 from simulator.control import Recorder
 from simulator.errors import (
@@ -18,6 +19,8 @@ from simulator.errors import (
 )
 from simulator.models import handle_anthropic_models, handle_openai_models
 from simulator.openai_chat import handle_chat_completions
+from simulator.openai_completions import handle_completions
+from simulator.openai_embeddings import handle_embeddings
 from simulator.openai_responses import handle_responses
 from simulator.state import CONFIG_KEY, RECORDER_KEY, SimConfig, request_id
 
@@ -86,10 +89,14 @@ def build_app(*, chunk_delay_ms: float = 0.0) -> web.Application:
     for prefix in ("/openai/v1", "/v1"):
         app.router.add_post(f"{prefix}/chat/completions", handle_chat_completions)
         app.router.add_post(f"{prefix}/responses", handle_responses)
+        app.router.add_post(f"{prefix}/embeddings", handle_embeddings)
+        app.router.add_post(f"{prefix}/completions", handle_completions)
     app.router.add_get("/openai/v1/models", handle_openai_models)
     app.router.add_get("/v1/models", handle_openai_models)
     app.router.add_post("/anthropic/v1/messages", handle_messages)
     app.router.add_post("/v1/messages", handle_messages)
+    app.router.add_post("/anthropic/v1/messages/count_tokens", handle_count_tokens)
+    app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
     app.router.add_get("/anthropic/v1/models", handle_anthropic_models)
     app.router.add_get("/_sim/requests", _list_requests)
     app.router.add_delete("/_sim/requests", _clear_requests)

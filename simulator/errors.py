@@ -60,7 +60,7 @@ def new_request_id() -> str:
 
 
 def provider_for_path(path: str) -> Provider | None:
-    if path.startswith("/anthropic/") or path == "/v1/messages":
+    if path.startswith("/anthropic/") or path in ("/v1/messages", "/v1/messages/count_tokens"):
         return Provider.ANTHROPIC
     if path.startswith(("/openai/", "/v1/")):
         return Provider.OPENAI

@@ -51,6 +51,9 @@ class RequestBound:
     service_tier: str | None = None
     # the most paid tool calls (web searches) the request allows
     tool_calls: int = 0
+    # separate inputs, each limited by the context window on its own (an
+    # embeddings batch, a list of completion prompts): the window cap is this many
+    inputs: int = 1
 
 
 @dataclass(slots=True)

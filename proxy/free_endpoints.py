@@ -1,0 +1,85 @@
+"""Endpoints forwarded free (contract section 5): an adapter with `billed = False`.
+
+The key is checked as for a metered path (401, expiry), the model must be in the
+catalog (400) and allowed for the key (403), the provider must be serving
+(paused: 429, no keys: 503), and the request counts against the key's requests
+per minute (not its tokens per minute) in the window metered requests share.
+Then the body goes upstream as given, through the relay and its key-pool
+failover. No hold, no usage event, never billed: a user without credit is
+served too.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy.body import read_json
+from proxy.errors import ProxyError
+from proxy.handlers import authenticate, check_provider, llm_handler, priced_model
+from proxy.key_controls import check_model, rate_limit_of, seconds_to_next_minute
+from proxy.providers import Adapter
+from proxy.relay import Relay
+from proxy.state import GATEWAY, REQUEST_ID, Gateway
+from shared.balance_view import RequestCounter
+
+log = structlog.get_logger("meterway.proxy")
+
+# one counter (its registered script) per Redis client of a running proxy
+_COUNTERS: weakref.WeakKeyDictionary[Redis, RequestCounter] = weakref.WeakKeyDictionary()
+
+
+def is_billed(adapter: Adapter) -> bool:
+    return getattr(adapter, "billed", True)
+
+
+def handler_for(adapter: Adapter):
+    """The route handler of an adapter: metered, or forwarded free."""
+    return llm_handler(adapter) if is_billed(adapter) else free_handler(adapter)
+
+
+def free_handler(adapter: Adapter):
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await serve_free(request.app[GATEWAY], request, adapter, request[REQUEST_ID])
+
+    return handle
+
+
+async def serve_free(
+    gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
+) -> web.StreamResponse:
+    owner = await authenticate(gw, request, allow_x_api_key=adapter.provider == "anthropic")
+    body, raw = await read_json(gw, request)
+    model, _ = priced_model(gw, adapter, body)
+    check_model(owner, model)
+    check_provider(gw, adapter.provider)
+    limit = rate_limit_of(owner)
+    if limit is not None and limit.rpm:
+        try:
+            counted = await _counter(gw).count(limit)
+        except RedisError as exc:  # the key's limit cannot be kept: refused, as when metered
+            log.error("billing_store_unavailable", error=str(exc))
+            raise ProxyError(
+                503, "Billing store unavailable, retry shortly", retry_after=1
+            ) from exc
+        if not counted:
+            raise ProxyError(
+                429,
+                f"Rate limit reached: {limit.rpm} requests per minute for this API key",
+                code="rate_limit_exceeded",
+                retry_after=seconds_to_next_minute(),
+            )
+    prepared = adapter.prepare(body, raw)
+    result = await Relay(gw, request, adapter, prepared, request_id).run()
+    return result.response
+
+
+def _counter(gw: Gateway) -> RequestCounter:
+    counter = _COUNTERS.get(gw.redis)
+    if counter is None:
+        counter = _COUNTERS[gw.redis] = RequestCounter(gw.redis)
+    return counter
