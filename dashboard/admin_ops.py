@@ -11,18 +11,23 @@ from redis.exceptions import RedisError
 from dashboard.common import (
     FormError,
     State,
+    actor,
     admin_required,
+    confirmed,
     field,
     flash_redirect,
     has_control,
     int_param,
+    page_number,
     parse_amount,
+    query_text,
     render,
     state,
     take_flash,
 )
-from shared import invalidation, provider_state, redis_keys
+from shared import daily, invalidation, provider_state, redis_keys
 from shared.catalog import PROVIDERS, load_catalog
+from shared.db import audit
 from shared.db import dashboard as q
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
@@ -47,14 +52,28 @@ async def providers_page(request: web.Request) -> web.StreamResponse:
 
 @admin_required
 async def provider_pause(request: web.Request) -> web.StreamResponse:
+    """Pause (after a confirmation with a reason) or resume a provider; audited."""
     st = state(request)
     name = _provider(request)
     paused = request.match_info["action"] == "pause"
+    form = await request.post()
+    reason = field(form, "reason", 501).strip() or None
+    if paused:
+        reason, page = confirmed(
+            request, form, title=f"Pause {name}?", button=f"Pause {name}",
+            message=f"Every request to {name} gets 429 until it is reactivated.",
+            back="/admin/providers",
+        )  # fmt: skip
+        if page is not None:
+            return page
     note = ""
-    try:
-        await provider_state.set_paused(st.pg, st.redis, name, paused)
-    except RedisError as exc:
-        note = f" (Redis did not take the resume point: {exc})"
+    async with st.pg.acquire() as conn, conn.transaction():
+        await audit.set_paused(conn, actor(request), name, paused, reason)
+    if not paused:
+        try:
+            await daily.mark_resume(st.redis, name)
+        except RedisError as exc:
+            note = f" (Redis did not take the resume point: {exc})"
     await st.notify(invalidation.PROVIDERS_MESSAGE)
     await flash_redirect(request, "/admin/providers",
                          f"{name} {'paused' if paused else 'active'}{note}.")  # fmt: skip
@@ -62,6 +81,7 @@ async def provider_pause(request: web.Request) -> web.StreamResponse:
 
 @admin_required
 async def provider_thresholds(request: web.Request) -> web.StreamResponse:
+    """Set the daily thresholds; a blank field clears that threshold. Audited."""
     st = state(request)
     name = _provider(request)
     form = await request.post()
@@ -70,7 +90,8 @@ async def provider_thresholds(request: web.Request) -> web.StreamResponse:
         stop = parse_amount(field(form, "stop_usd"), "Stop", allow_blank=True, negative=False)
     except FormError as exc:
         await flash_redirect(request, "/admin/providers", str(exc))
-    await db.set_thresholds(st.pg, name, warn_usd=warn, stop_usd=stop)
+    async with st.pg.acquire() as conn, conn.transaction():
+        await audit.set_thresholds(conn, actor(request), name, warn_usd=warn, stop_usd=stop)
     await st.notify(invalidation.PROVIDERS_MESSAGE)
     await flash_redirect(request, "/admin/providers", f"{name}: thresholds saved.")
 
@@ -108,7 +129,12 @@ async def provider_key_add(request: web.Request) -> web.StreamResponse:
         box = SecretBox(st.settings.require_secret_key())
     except RuntimeError as exc:
         await flash_redirect(request, "/admin/provider-keys", str(exc))
-    key_id = await db.add_key(st.pg, provider, name, visible_prefix(secret), box.encrypt(secret))
+    prefix = visible_prefix(secret)
+    async with st.pg.acquire() as conn, conn.transaction():
+        key_id = await db.add_key(conn, provider, name, prefix, box.encrypt(secret))
+        await audit.record(conn, actor(request), "provider_key.add", f"provider_key:{key_id}",
+                           None, {"provider": provider, "name": name, "prefix": prefix,
+                                  "status": "active"})  # fmt: skip
     await st.notify(invalidation.PROVIDERS_MESSAGE)
     await flash_redirect(request, "/admin/provider-keys",
                          f"Added {provider} key {key_id} ({visible_prefix(secret)}…).")  # fmt: skip
@@ -116,14 +142,35 @@ async def provider_key_add(request: web.Request) -> web.StreamResponse:
 
 @admin_required
 async def provider_key_action(request: web.Request) -> web.StreamResponse:
+    """Enable, or (after a confirmation with a reason) disable or remove; audited."""
     st = state(request)
     key_id = int_param(request, "key_id")
     action = request.match_info["action"]
-    if action == "remove":
-        done = await db.remove_key(st.pg, key_id)
-    else:
-        status = "disabled" if action == "disable" else "active"
-        done = await db.set_key_status(st.pg, key_id, status, "set by operator")
+    before = await audit.provider_key_fields(st.pg, key_id)
+    if before is None:
+        raise web.HTTPNotFound()
+    form = await request.post()
+    reason = None
+    if action != "enable":
+        what = f"{before['provider']} key {before['name'] or key_id} ({before['prefix']}…)"
+        reason, page = confirmed(
+            request, form, title=f"{action.capitalize()} provider key {key_id}?",
+            button=f"{action.capitalize()} key",
+            message=f"{what} is {'deleted for good' if action == 'remove' else 'no longer used'}"
+            " for upstream requests.", back="/admin/provider-keys",
+        )  # fmt: skip
+        if page is not None:
+            return page
+    async with st.pg.acquire() as conn, conn.transaction():
+        if action == "remove":
+            done, after = await db.remove_key(conn, key_id), None
+        else:
+            status = "disabled" if action == "disable" else "active"
+            done = await db.set_key_status(conn, key_id, status, "set by operator")
+            after = {**before, "status": status}
+        if done:
+            await audit.record(conn, actor(request), f"provider_key.{action}",
+                               f"provider_key:{key_id}", before, after, reason)  # fmt: skip
     if not done:
         raise web.HTTPNotFound()
     await st.notify(invalidation.PROVIDERS_MESSAGE)
@@ -188,3 +235,27 @@ async def system_page(request: web.Request) -> web.StreamResponse:
     ]  # fmt: skip
     return render(request, "admin_system.html", {"title": "System", "facts": facts,
                   "now": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})  # fmt: skip
+
+
+AUDIT_PAGE = 50
+
+
+@admin_required
+async def audit_page(request: web.Request) -> web.StreamResponse:
+    """The audit log, newest first, filtered by days, actor, action and subject; paged."""
+    days_text = query_text(request, "days", 6).strip() or "7"
+    days = int(days_text) if days_text.isdigit() and 0 < int(days_text) <= 36_500 else 7
+    actor_q = query_text(request, "actor", 200).strip()
+    action_q = query_text(request, "action", 60).strip()
+    subject_q = query_text(request, "subject", 200).strip()
+    page = page_number(request)
+    rows = await audit.recent(state(request).pg, days=days, actor=actor_q or None,
+                              action=action_q or None, subject=subject_q or None,
+                              limit=AUDIT_PAGE + 1, offset=(page - 1) * AUDIT_PAGE)  # fmt: skip
+    more = len(rows) > AUDIT_PAGE
+    filters = {"days": days, "actor": actor_q, "action": action_q, "subject": subject_q}
+    return render(request, "admin_audit.html", {
+        "title": "Audit log", "rows": rows[:AUDIT_PAGE], "filters": filters,
+        "actions": audit.ACTIONS, "page": page, "more": more,
+        "query": {k: v for k, v in filters.items() if v},
+    })  # fmt: skip

@@ -13,10 +13,13 @@ from dashboard.auth_views import check_new_password, hash_password
 from dashboard.common import (
     SESSION_KEY,
     FormError,
+    actor,
     admin_required,
+    confirmed,
     current_user,
     field,
     flash_redirect,
+    fmt_usd,
     has_control,
     int_param,
     log,
@@ -29,10 +32,10 @@ from dashboard.common import (
     take_flash,
 )
 from shared import invalidation, money, redis_keys
-from shared.db import api_keys, users
+from shared.db import api_keys, audit, users
 from shared.db import dashboard as q
 from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
-from shared.money import units_to_usd
+from shared.money import units_to_usd, usd_str
 from shared.passwords import MAX_PASSWORD
 
 MAX_EMAIL = 320
@@ -54,7 +57,10 @@ async def user_create(request: web.Request) -> web.StreamResponse:
     if not _plausible_email(email):
         await flash_redirect(request, "/admin/users", f"Not an email address: {email[:80]!r}.")
     try:
-        user = await users.create(st.pg, email, is_admin=form.get("is_admin") == "on")
+        async with st.pg.acquire() as conn, conn.transaction():
+            user = await users.create(conn, email, is_admin=form.get("is_admin") == "on")
+            await audit.record(conn, actor(request), "user.create", f"user:{user.email}", None,
+                               {**audit.user_fields(user), "password_set": False})  # fmt: skip
     except asyncpg.UniqueViolationError:
         await flash_redirect(request, "/admin/users", f"A user with email {email} exists.")
     await flash_redirect(request, f"/admin/users/{user.id}",
@@ -113,14 +119,29 @@ async def user_credit(request: web.Request) -> web.StreamResponse:
             raise FormError("The reason must be at most 500 characters, no control characters")
     except FormError as exc:
         return await _detail(request, target, error=str(exc), status=400)
+    if amount < 0:  # a debit takes money away: confirm it first
+        _, page = confirmed(
+            request, form, title=f"Debit {fmt_usd(-amount)} USD from {target.email}?",
+            message=f"The balance goes down by {usd_str(-amount)} USD. Reason: {reason}",
+            button="Debit", back=f"/admin/users/{target.id}",
+        )  # fmt: skip
+        if page is not None:
+            return page
     operator = current_user(request)
     kind = "topup" if amount > 0 else "adjustment"
     try:
         async with st.pg.acquire() as conn, conn.transaction():
+            before = await conn.fetchval(
+                "SELECT balance_usd FROM users WHERE id = $1 FOR UPDATE", target.id
+            )
             balance, version = await users.change_balance(
                 conn, target.id, amount, kind=kind,
                 note=f"{reason} (by {operator.email}, dashboard)",
             )  # fmt: skip
+            await audit.record(conn, operator.email, "credits.add", f"user:{target.email}",
+                               {"balance_usd": before},
+                               {"balance_usd": balance, "amount_usd": amount, "kind": kind},
+                               reason)  # fmt: skip
     except money.AmountError as exc:  # the balance would leave its range: nothing changed
         return await _detail(request, target, error=str(exc), status=400)
     try:
@@ -145,7 +166,21 @@ async def user_settings(request: web.Request) -> web.StreamResponse:
     disabled = form.get("disabled") == "on"
     if target.id == current_user(request).id and disabled:
         return await _detail(request, target, error="You cannot disable yourself.", status=400)
-    await users.update(st.pg, target.id, rate_multiplier=rate, disabled=disabled)
+    fields: dict[str, object] = {"rate_multiplier": rate, "disabled": disabled}
+    try:  # the alert thresholds, where the form has them; blank: no alert
+        for name, what in (("daily_alert_usd", "Daily alert"), ("low_balance_usd", "Low balance")):
+            if name in form:
+                fields[name] = parse_amount(field(form, name, 100), what, allow_blank=True,
+                                            negative=False)  # fmt: skip
+    except FormError as exc:
+        return await _detail(request, target, error=str(exc), status=400)
+    before = audit.user_fields(target, fields)
+    changed = {k: v for k, v in fields.items() if before[k] != v}
+    async with st.pg.acquire() as conn, conn.transaction():
+        await users.update(conn, target.id, **fields)
+        if changed:
+            await audit.record(conn, actor(request), "user.set", f"user:{target.email}",
+                               {k: before[k] for k in changed}, changed)  # fmt: skip
     await st.notify(invalidation.user_message(target.id))
     if disabled:  # every dashboard session of the user ends now, not at its next request
         await st.sessions.delete_all_for_user(target.id)
@@ -157,6 +192,8 @@ async def user_end_sessions(request: web.Request) -> web.StreamResponse:
     """Sign a user out of every dashboard session (their API keys keep working)."""
     target = await _load(request)
     await _end_sessions(request, target.id)
+    await audit.record(state(request).pg, actor(request), "user.sessions_end",
+                       f"user:{target.email}")  # fmt: skip
     log.info("dashboard_sessions_ended", user_id=target.id, by=current_user(request).id)
     await flash_redirect(request, f"/admin/users/{target.id}",
                          "Every dashboard session of this user has ended.")  # fmt: skip
@@ -180,7 +217,11 @@ async def user_password(request: web.Request) -> web.StreamResponse:
     problem = check_new_password(password, field(form, "confirm", MAX_PASSWORD + 1))
     if problem:
         return await _detail(request, target, error=problem, status=400)
-    await q.set_password_hash(st.pg, target.id, await hash_password(password))
+    hashed = await hash_password(password)
+    async with st.pg.acquire() as conn, conn.transaction():
+        await q.set_password_hash(conn, target.id, hashed)
+        await audit.record(conn, actor(request), "user.password", f"user:{target.email}",
+                           None, {"password_set": True})  # fmt: skip
     await _end_sessions(request, target.id)
     await flash_redirect(request, f"/admin/users/{target.id}",
                          "Password set; the user's dashboard sessions have ended.")  # fmt: skip
@@ -190,6 +231,8 @@ async def user_password(request: web.Request) -> web.StreamResponse:
 async def user_invite(request: web.Request) -> web.StreamResponse:
     target = await _load(request)
     token = await state(request).invites.create(target.id)
+    await audit.record(state(request).pg, actor(request), "user.invite", f"user:{target.email}",
+                       None, {"invite_hours": 72})  # fmt: skip
     host = safe_text(request.host)
     link = f"{request.scheme}://{host}/invite/{token}"
     if request.headers.get("X-Forwarded-Proto", "").lower() == "https":
@@ -220,8 +263,12 @@ async def user_key_create(request: web.Request) -> web.StreamResponse:
         return await _detail(request, target, error="That key was already created and shown once.")
     secret = new_proxy_key()
     rates = {"rpm_limit": controls.pop("rpm"), "tpm_limit": controls.pop("tpm")}
-    key = await api_keys.create(st.pg, target.id, hash_proxy_key(secret), visible_prefix(secret),
-                                name=name, **rates, **controls)  # fmt: skip
+    async with st.pg.acquire() as conn, conn.transaction():
+        key = await api_keys.create(conn, target.id, hash_proxy_key(secret),
+                                    visible_prefix(secret), name=name, **rates,
+                                    **controls)  # fmt: skip
+        await audit.record(conn, actor(request), "key.create", f"key:{key.id}", None,
+                           {**audit.key_fields(key), "user": target.email})  # fmt: skip
     log.info("api_key_created", user_id=target.id, api_key_id=key.id,
              by=current_user(request).id)  # fmt: skip
     return await _detail(request, target, new_key=secret)
@@ -243,8 +290,38 @@ async def user_key_controls(request: web.Request) -> web.StreamResponse:
         )
     except FormError as exc:
         return await _detail(request, target, error=str(exc), status=400)
-    await key_controls.apply(request, key, changes)
+    await key_controls.apply(request, key, changes, actor=actor(request))
     log.info("api_key_controls_set", user_id=target.id, api_key_id=key.id,
              by=current_user(request).id)  # fmt: skip
     await flash_redirect(request, f"/admin/users/{target.id}",
                          f"Limits of key {key.name} ({key.prefix}…) saved.")  # fmt: skip
+
+
+@admin_required
+async def user_key_revoke(request: web.Request) -> web.StreamResponse:
+    """An operator revokes a user's key, after a confirmation with a reason; audited."""
+    st = state(request)
+    target = await _load(request)
+    key = await api_keys.get(st.pg, int_param(request, "key_id"))
+    if key is None or key.user_id != target.id:
+        raise web.HTTPNotFound()
+    back = f"/admin/users/{target.id}"
+    if key.revoked_at is not None:
+        await flash_redirect(request, back, f"Key {key.name} ({key.prefix}…) was revoked already.")
+    form = await request.post()
+    reason, page = confirmed(
+        request, form, title=f"Revoke key {key.name or key.id} ({key.prefix}…)?",
+        message=f"Every request with this key of {target.email} gets 401 from now on;"
+        " this cannot be undone.", button="Revoke key", back=back,
+    )  # fmt: skip
+    if page is not None:
+        return page
+    key_hash = await api_keys.hash_of(st.pg, key.id)
+    async with st.pg.acquire() as conn, conn.transaction():
+        await api_keys.revoke_by_hash(conn, key_hash)
+        after = await api_keys.get(conn, key.id)
+        await audit.record(conn, actor(request), "key.revoke", f"key:{key.id}",
+                           {**audit.key_fields(key), "user": target.email},
+                           {**audit.key_fields(after), "user": target.email}, reason)  # fmt: skip
+    await st.notify(invalidation.key_message(key_hash))
+    await flash_redirect(request, back, f"Key {key.name} ({key.prefix}…) revoked.")

@@ -48,6 +48,8 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/users/{user_id}/invite", admin_users.user_invite)
     r.add_post("/admin/users/{user_id}/keys", admin_users.user_key_create)
     r.add_post("/admin/users/{user_id}/keys/{key_id}/controls", admin_users.user_key_controls)
+    r.add_post("/admin/users/{user_id}/keys/{key_id}/revoke", admin_users.user_key_revoke)
+    r.add_get("/admin/audit", admin_ops.audit_page)
     r.add_get("/admin/providers", admin_ops.providers_page)
     r.add_post("/admin/providers/{provider}/thresholds", admin_ops.provider_thresholds)
     r.add_post("/admin/providers/{provider}/{action:pause|resume}", admin_ops.provider_pause)

@@ -29,7 +29,7 @@ from dashboard.common import (
 )
 from dashboard.payments import stripe_enabled
 from shared import redis_keys
-from shared.db import codes, ledger, users
+from shared.db import audit, codes, ledger, users
 from shared.money import usd_str
 from shared.redeem import Redeemer, RedeemRefused
 
@@ -177,9 +177,11 @@ async def codes_create(request: web.Request) -> web.StreamResponse:
     ):  # the same form sent again: no second batch
         return await _codes_page(request, error="That batch was already made and downloaded.")
     operator = current_user(request)
-    async with st.pg.acquire() as conn:
+    async with st.pg.acquire() as conn, conn.transaction():
         made = await codes.create_batch(conn, amount, int(count_text), expires_at=expires_at,
                                         note=note, created_by=operator.email)  # fmt: skip
+        await audit.record(conn, operator.email, "code.create", audit.codes_subject(made), None,
+                           audit.codes_after(made, amount, expires_at, note))  # fmt: skip
     log.info("codes_created", by=operator.id, count=len(made), amount_usd=str(amount))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

@@ -277,3 +277,57 @@ def int_param(request: web.Request, name: str) -> int:
     if not _ID.fullmatch(text):
         raise web.HTTPNotFound()
     return int(text)
+
+
+# --- operator actions: who did it, and a confirmation before destructive ones ----------------
+
+CONFIRM_FIELDS = frozenset({"csrf", "confirm", "reason", "confirming"})
+
+
+def actor(request: web.Request) -> str:
+    """The audit log's actor for a dashboard action: the operator's email."""
+    return current_user(request).email
+
+
+def confirmed(
+    request: web.Request, form: Any, *, title: str, message: str, button: str, back: str,
+    reason_required: bool = True,
+) -> tuple[str, None] | tuple[None, web.Response]:  # fmt: skip
+    """A destructive action runs only with the box ticked and a reason given
+    (recorded in the audit log). Otherwise nothing happens: the answer is a
+    page that says what would happen, with the box and the reason to fill in;
+    it posts the same form again. Works without JavaScript."""
+    reason = field(form, "reason", 501).strip()
+    ticked = field(form, "confirm", 10) == "yes"
+    if (
+        ticked
+        and (reason or not reason_required)
+        and len(reason) <= 500
+        and not has_control(reason)
+    ):
+        return reason, None
+    attempted = "confirming" in form  # sent from the confirmation page itself
+    error = None
+    if attempted:
+        if not ticked:
+            error = "Tick the box to confirm."
+        elif not reason:
+            error = "Give a reason: it is recorded in the audit log."
+        else:
+            error = "The reason must be at most 500 characters, no control characters."
+    keep = [(k, field(form, k, 10_000)) for k in form if k not in CONFIRM_FIELDS]
+    response = render(request, "confirm.html", {
+        "title": title, "message": message, "button": button, "back": back,
+        "action": request.path, "keep": keep, "reason": reason, "error": error,
+        "reason_required": reason_required,
+    }, status=400 if attempted else 200)  # fmt: skip
+    return None, response
+
+
+def page_number(request: web.Request, name: str = "page") -> int:
+    """`?page=N` (1-based); anything else is page 1."""
+    text = request.query.get(name, "")
+    return int(text) if _PAGE.fullmatch(text) and int(text) > 0 else 1
+
+
+_PAGE = re.compile(r"[0-9]{1,6}")

@@ -14,7 +14,7 @@ from aiohttp import web
 from dashboard.common import FormError, field, log, parse_amount, state
 from shared import invalidation
 from shared.catalog import load_catalog
-from shared.db import api_keys
+from shared.db import api_keys, audit
 from shared.key_view import spend_period
 from shared.periods import DEFAULT_PERIOD, PERIODS
 
@@ -102,11 +102,17 @@ def parse_controls(form: Any, known: list[str], *, with_rates: bool) -> dict[str
     return changes
 
 
-async def apply(request: web.Request, key: api_keys.ApiKey, changes: dict[str, Any]) -> None:
-    """Store the key's new controls and tell every proxy to drop its cached owner."""
+async def apply(request: web.Request, key: api_keys.ApiKey, changes: dict[str, Any],
+                actor: str | None = None) -> None:  # fmt: skip
+    """Store the key's new controls and tell every proxy to drop its cached owner;
+    an operator's change (`actor`) is audited in the same transaction."""
     st = state(request)
     key_hash = await api_keys.hash_of(st.pg, key.id)
-    await api_keys.set_controls(st.pg, key.id, **changes)
+    async with st.pg.acquire() as conn, conn.transaction():
+        updated = await api_keys.set_controls(conn, key.id, **changes)
+        if actor is not None and updated is not None:
+            await audit.record(conn, actor, "key.set", f"key:{key.id}", audit.key_fields(key),
+                               audit.key_fields(updated))  # fmt: skip
     if key_hash is not None:
         await st.notify(invalidation.key_message(key_hash))
 

@@ -17,6 +17,7 @@ from dashboard import key_controls
 from dashboard.chart import spend_chart
 from dashboard.common import (
     FormError,
+    confirmed,
     current_user,
     field,
     flash_redirect,
@@ -96,6 +97,14 @@ async def key_revoke(request: web.Request) -> web.StreamResponse:
     key = await api_keys.get(st.pg, int_param(request, "key_id"))
     if key is None or key.user_id != user.id:
         raise web.HTTPNotFound()
+    if key.revoked_at is None:
+        _, page = confirmed(
+            request, await request.post(), title=f"Revoke key {key.name} ({key.prefix}…)?",
+            message="Every request with this key gets 401 from now on; this cannot be undone.",
+            button="Revoke key", back="/keys", reason_required=False,
+        )  # fmt: skip
+        if page is not None:
+            return page
     key_hash = await api_keys.hash_of(st.pg, key.id)
     assert key_hash is not None
     await api_keys.revoke_by_hash(st.pg, key_hash)

@@ -148,6 +148,16 @@ def _parser() -> argparse.ArgumentParser:
     al = alerts.add_parser("list")
     al.add_argument("--days", type=int, default=7)
     al.add_argument("--json", action="store_true")
+    audit = sub.add_parser("audit", help="the audit log of operator actions").add_subparsers(
+        dest="action", required=True
+    )
+    aul = audit.add_parser(
+        "list", help="who changed what and when (CLI and dashboard), newest first"
+    )
+    aul.add_argument("--days", type=int, default=7, help="how many days back (default 7)")
+    aul.add_argument(
+        "--json", action="store_true", help="objects: at, actor, action, subject, before, after"
+    )
 
     user = sub.add_parser("user", help="create or change users").add_subparsers(
         dest="action", required=True
@@ -247,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]]:
-    from meterway.commands import accounts, alerts, codes, providers, reconcile
+    from meterway.commands import accounts, alerts, audit, codes, providers, reconcile
 
     table: dict[tuple[str, str | None], Callable[[Context], Awaitable[None]]] = {
         ("user", "create"): lambda c: accounts.user_create(
@@ -278,6 +288,7 @@ def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]
         ("provider", "list"): lambda c: providers.provider_list(c, a.json),
         ("reconcile", None): reconcile.run,
         ("alerts", "list"): lambda c: alerts.alerts_list(c, a.days, a.json),
+        ("audit", "list"): lambda c: audit.audit_list(c, a.days, a.json),
         ("code", "create"): lambda c: codes.code_create(
             c, a.amount_usd, a.count, a.expires_at, a.note
         ),

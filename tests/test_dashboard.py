@@ -141,7 +141,12 @@ async def test_key_is_shown_once_and_only_its_hash_is_stored(pg, redis, browser:
 
     assert (await browser.post("/keys", {"name": ""}))[0] == 400
     pubsub = await _listen(redis)
-    status, _, _ = await browser.post(f"/keys/{row['id']}/revoke")
+    status, text, _ = await browser.post(f"/keys/{row['id']}/revoke")
+    assert status == 200 and "I understand" in text  # a confirmation first: nothing yet
+    assert not await pg.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", row["id"])
+    status, _, _ = await browser.post(
+        f"/keys/{row['id']}/revoke", {"confirming": "1", "confirm": "yes"}
+    )
     assert status == 303
     assert f"key:{hash_proxy_key(secret).hex()}" in await _messages(pubsub)
     await pubsub.aclose()

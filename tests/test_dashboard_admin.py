@@ -53,6 +53,9 @@ OPERATOR_FORMS = [
 ]
 
 
+CONFIRM = {"confirming": "1", "confirm": "yes", "reason": "a test"}
+
+
 async def _snapshot(pg) -> tuple:
     return (
         await pg.fetch("SELECT id, email, is_admin, disabled, rate_multiplier, balance_usd,"
@@ -105,7 +108,8 @@ async def test_operator_tops_up_and_debits_with_a_reason(pg, redis, browser: Bro
     )
     assert status == 303
     status, _, _ = await browser.post(
-        f"/admin/users/{user.id}/credit", {"amount_usd": "-0.25", "reason": "refund fix"}
+        f"/admin/users/{user.id}/credit",
+        {"amount_usd": "-0.25", "reason": "refund fix", "confirming": "1", "confirm": "yes"},
     )
     assert status == 303
     balance = await pg.fetchval("SELECT balance_usd FROM users WHERE id = $1", user.id)
@@ -180,7 +184,7 @@ async def test_operator_pauses_resumes_and_sets_thresholds(pg, redis, browser: B
     await browser.login(admin)
     try:
         pubsub = await _listen(redis)
-        assert (await browser.post("/admin/providers/anthropic/pause"))[0] == 303
+        assert (await browser.post("/admin/providers/anthropic/pause", CONFIRM))[0] == 303
         assert "providers" in await _messages(pubsub)
         assert await pg.fetchval("SELECT paused FROM providers WHERE name = 'anthropic'")
         _, text, _ = await browser.get("/admin/providers")
@@ -221,11 +225,12 @@ async def test_provider_keys_are_added_encrypted_and_never_shown(pg, redis, brow
     assert secret not in text and row["prefix"] in text and "Added openai key" in text
     try:
         for action, status_after in (("disable", "disabled"), ("enable", "active")):
-            assert (await browser.post(f"/admin/provider-keys/{row['id']}/{action}"))[0] == 303
+            path = f"/admin/provider-keys/{row['id']}/{action}"
+            assert (await browser.post(path, CONFIRM))[0] == 303
             current = await pg.fetchval("SELECT status FROM provider_keys WHERE id = $1", row["id"])
             assert current == status_after
     finally:
-        assert (await browser.post(f"/admin/provider-keys/{row['id']}/remove"))[0] == 303
+        assert (await browser.post(f"/admin/provider-keys/{row['id']}/remove", CONFIRM))[0] == 303
     assert await pg.fetchval("SELECT count(*) FROM provider_keys WHERE id = $1", row["id"]) == 0
     assert (await browser.post(f"/admin/provider-keys/{row['id']}/remove"))[0] == 404
 

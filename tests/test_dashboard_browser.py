@@ -150,6 +150,13 @@ async def test_user_creates_uses_sees_and_revokes_a_key(
         await page.goto(dashboard_url + "/keys")
         key_id = await pg.fetchval("SELECT id FROM api_keys WHERE user_id = $1", user.id)
         await page.click(f'tr[data-key-id="{key_id}"] button:has-text("Revoke")')
+        await page.wait_for_selector("#confirm-form")  # a confirmation first
+        await page.click("#confirm-form button:has-text('Revoke key')")  # box not ticked
+        await asyncio.sleep(0.2)
+        assert await page.is_visible("#confirm-form")  # the browser blocks it
+        assert not await pg.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key_id)
+        await page.check("#confirm-form input[name=confirm]")
+        await page.click("#confirm-form button:has-text('Revoke key')")
         await page.wait_for_selector("text=revoked.")
         refused = False
         deadline = asyncio.get_running_loop().time() + 1.0
@@ -193,6 +200,14 @@ async def test_operator_tops_up_pauses_and_resumes(
             await page.goto(dashboard_url + "/admin/providers")
             card = page.locator('section[data-provider="openai"]')
             await card.locator("button:has-text('Pause')").click()
+            await page.wait_for_selector("#confirm-form")
+            await page.click("#confirm-form button:has-text('Pause openai')")  # nothing filled
+            await asyncio.sleep(0.2)
+            assert await page.is_visible("#confirm-form")
+            assert not await pg.fetchval("SELECT paused FROM providers WHERE name = 'openai'")
+            await page.fill("#confirm-form input[name=reason]", "browser incident")
+            await page.check("#confirm-form input[name=confirm]")
+            await page.click("#confirm-form button:has-text('Pause openai')")
             await page.wait_for_selector(
                 'section[data-provider="openai"] .status:has-text("paused")'
             )

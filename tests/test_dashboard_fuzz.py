@@ -89,7 +89,8 @@ async def test_hostile_credits_are_refused_and_change_nothing(pg, browser: Brows
     for amount in HOSTILE_AMOUNTS + random_strings(120, seed=10):
         before, entries = await _balance(pg, user.id)
         status, text, _ = await browser.post(
-            f"/admin/users/{user.id}/credit", {"amount_usd": amount, "reason": "fuzz"}
+            f"/admin/users/{user.id}/credit",
+            {"amount_usd": amount, "reason": "fuzz", "confirming": "1", "confirm": "yes"},
         )
         after, entries_after = await _balance(pg, user.id)
         expected = accepted_amount(amount)
@@ -137,7 +138,9 @@ async def test_hostile_multipliers_and_thresholds(pg, browser: Browser):
             assert status == 303, (value, status)  # the page shows the error as a flash
             after = await pg.fetchrow(row)
             expected = accepted_amount(value, negative=False)
-            if expected is None:  # refused, or blank (which keeps the threshold)
+            if not value.strip():  # blank: no threshold
+                assert after["warn_usd"] is None, value
+            elif expected is None:  # refused
                 assert after["warn_usd"] == before["warn_usd"], value
             else:
                 assert after["warn_usd"] == expected and after["stop_usd"] == 5, value

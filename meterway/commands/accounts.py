@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 
 from meterway.context import CommandError, Context
 from shared import invalidation
-from shared.db import api_keys, users
+from shared.db import api_keys, audit, users
 from shared.keys import hash_proxy_key
 from shared.money import AmountError, BalanceOutOfRange, parse_amount, parse_multiplier, usd_str
 from shared.passwords import password_problem
@@ -53,9 +53,13 @@ async def user_create(
             raise CommandError(f"--password: {problem}")
     hashed = PasswordHasher().hash(password) if password is not None else None
     try:
-        user = await users.create(
-            ctx.pg, email, is_admin=admin, password_hash=hashed, rate_multiplier=rate_value
-        )
+        async with ctx.pg.transaction():
+            user = await users.create(
+                ctx.pg, email, is_admin=admin, password_hash=hashed, rate_multiplier=rate_value
+            )
+            after = {**audit.user_fields(user), "password_set": password is not None}
+            await audit.record(ctx.pg, audit.cli_actor(), "user.create", f"user:{user.email}",
+                               None, after)  # fmt: skip
     except asyncpg.UniqueViolationError as exc:
         raise CommandError(f"a user with email {email} exists already") from exc
     print(f"created user {user.id} {user.email}{' (admin)' if admin else ''}")
@@ -76,7 +80,10 @@ async def user_set(ctx: Context, email: str, **changes: str | None) -> None:
         fields["disabled"] = changes["disabled"] == "true"
     if not fields:
         raise CommandError("nothing to change: give at least one option")
-    await users.update(ctx.pg, user.id, **fields)
+    async with ctx.pg.transaction():
+        await users.update(ctx.pg, user.id, **fields)
+        await audit.record(ctx.pg, audit.cli_actor(), "user.set", f"user:{user.email}",
+                           audit.user_fields(user, fields), fields)  # fmt: skip
     await ctx.notify(invalidation.user_message(user.id))
     print(f"updated user {user.email}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
 
@@ -87,9 +94,16 @@ async def credits_add(ctx: Context, email: str, amount_text: str, note: str | No
     kind = "topup" if amount >= 0 else "adjustment"
     try:
         async with ctx.pg.transaction():
+            before = await ctx.pg.fetchval(
+                "SELECT balance_usd FROM users WHERE id = $1 FOR UPDATE", user.id
+            )
             balance, version = await users.change_balance(
                 ctx.pg, user.id, amount, kind=kind, note=note or "meterway credits add"
             )
+            await audit.record(ctx.pg, audit.cli_actor(), "credits.add", f"user:{user.email}",
+                               {"balance_usd": before},
+                               {"balance_usd": balance, "amount_usd": amount, "kind": kind},
+                               reason=note)  # fmt: skip
     except BalanceOutOfRange as exc:
         raise CommandError(f"{user.email}: {exc}") from exc
     await ctx.publish_balance(user.id, balance, version)
@@ -103,8 +117,16 @@ async def key_revoke(ctx: Context, key_or_id: str) -> None:
             raise CommandError(f"no key with id {key_or_id}")
     else:
         key_hash = hash_proxy_key(key_or_id)
-    key_id = await api_keys.revoke_by_hash(ctx.pg, key_hash)
-    if key_id is None:
-        raise CommandError("no such key")
+    async with ctx.pg.transaction():
+        owner = await api_keys.owner_by_hash(ctx.pg, key_hash)
+        before = await api_keys.get(ctx.pg, owner.api_key_id) if owner else None
+        key_id = await api_keys.revoke_by_hash(ctx.pg, key_hash)
+        if key_id is None or before is None:
+            raise CommandError("no such key")
+        if before.revoked_at is None:
+            after = await api_keys.get(ctx.pg, key_id)
+            await audit.record(ctx.pg, audit.cli_actor(), "key.revoke", f"key:{key_id}",
+                               {**audit.key_fields(before), "user": owner.email},
+                               {**audit.key_fields(after), "user": owner.email})  # fmt: skip
     await ctx.notify(invalidation.key_message(key_hash))
     print(f"revoked key {key_id}")

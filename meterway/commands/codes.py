@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 
 from meterway.context import CommandError, Context
-from shared.db import codes
+from shared.db import audit, codes
 from shared.money import AmountError, parse_amount, usd_str
 
 MAX_COUNT = 10_000
@@ -47,9 +47,12 @@ async def code_create(
     expiry = parse_expiry(expires_at)
     if note is not None and (len(note) > 500 or any(ord(c) < 32 for c in note)):
         raise CommandError("--note must be at most 500 characters, no control characters")
-    made = await codes.create_batch(
-        ctx.pg, amount, count, expires_at=expiry, note=note, created_by=f"cli:{_os_user()}"
-    )
+    async with ctx.pg.transaction():
+        made = await codes.create_batch(
+            ctx.pg, amount, count, expires_at=expiry, note=note, created_by=f"cli:{_os_user()}"
+        )
+        await audit.record(ctx.pg, f"cli:{_os_user()}", "code.create", audit.codes_subject(made),
+                           None, audit.codes_after(made, amount, expiry, note))  # fmt: skip
     # stdout carries the codes alone, one a line (scripts read it); shown only now.
     for _, code in made:
         print(code)

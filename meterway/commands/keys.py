@@ -13,7 +13,7 @@ from meterway.commands.accounts import amount_arg, find_user
 from meterway.context import CommandError, Context
 from shared import invalidation
 from shared.catalog import load_catalog
-from shared.db import api_keys
+from shared.db import api_keys, audit
 from shared.db.api_keys import UNSET
 from shared.key_view import key_document, spend_period
 from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
@@ -170,7 +170,18 @@ async def key_create(
         raise CommandError("--budget-period needs --budget-usd: a period of what budget?")
     user = await find_user(ctx, email)
     secret = new_proxy_key()
-    key = await api_keys.create(
+    async with ctx.pg.transaction():
+        key = await _create(ctx, user, secret, name, c)
+        await audit.record(ctx.pg, audit.cli_actor(), "key.create", f"key:{key.id}", None,
+                           {**audit.key_fields(key), "user": user.email})  # fmt: skip
+    if c.given:
+        print(f"key {key.id}: {_summary(key)}")
+    print(f"created key {key.id} ({key.name or 'unnamed'}) for {user.email}; it is shown once:")
+    print(secret)
+
+
+async def _create(ctx: Context, user: Any, secret: str, name: str, c: Controls) -> api_keys.ApiKey:
+    return await api_keys.create(
         ctx.pg,
         user.id,
         hash_proxy_key(secret),
@@ -183,10 +194,6 @@ async def key_create(
         models=None if c.models is UNSET else c.models,
         expires_at=None if c.expires_at is UNSET else c.expires_at,
     )
-    if c.given:
-        print(f"key {key.id}: {_summary(key)}")
-    print(f"created key {key.id} ({key.name or 'unnamed'}) for {user.email}; it is shown once:")
-    print(secret)
 
 
 async def _key_by_id_or_secret(ctx: Context, key_or_id: str) -> tuple[api_keys.ApiKey, bytes]:
@@ -231,9 +238,12 @@ async def key_set(
             raise CommandError(
                 f"--budget-period needs a budget: key {key.id} has none (give --budget-usd)"
             )
-    updated = await api_keys.set_controls(ctx.pg, key.id, **c.changes())
-    if updated is None:
-        raise CommandError(f"no key with id {key.id}")
+    async with ctx.pg.transaction():
+        updated = await api_keys.set_controls(ctx.pg, key.id, **c.changes())
+        if updated is None:
+            raise CommandError(f"no key with id {key.id}")
+        await audit.record(ctx.pg, audit.cli_actor(), "key.set", f"key:{key.id}",
+                           audit.key_fields(key), audit.key_fields(updated))  # fmt: skip
     # every proxy drops its cached owner of this key now (the contract allows 5 s)
     await ctx.notify(invalidation.key_message(key_hash))
     print(f"updated key {updated.id}: {_summary(updated)}")

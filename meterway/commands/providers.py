@@ -11,8 +11,9 @@ from redis.exceptions import RedisError
 
 from meterway.commands.accounts import amount_arg
 from meterway.context import CommandError, Context
-from shared import invalidation, provider_state
+from shared import daily, invalidation, provider_state
 from shared.catalog import PROVIDERS
+from shared.db import audit
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
 from shared.keys import SecretBox, visible_prefix
@@ -73,7 +74,14 @@ async def key_add(
         box = SecretBox(ctx.settings.require_secret_key())
     except RuntimeError as exc:
         raise CommandError(str(exc)) from exc
-    key_id = await db.add_key(ctx.pg, provider, name, visible_prefix(secret), box.encrypt(secret))
+    async with ctx.pg.transaction():
+        key_id = await db.add_key(
+            ctx.pg, provider, name, visible_prefix(secret), box.encrypt(secret)
+        )
+        after = {"provider": provider, "name": name, "prefix": visible_prefix(secret),
+                 "status": "active"}  # fmt: skip
+        await audit.record(ctx.pg, audit.cli_actor(), "provider_key.add",
+                           f"provider_key:{key_id}", None, after)  # fmt: skip
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"added {provider} key {key_id} ({visible_prefix(secret)}...)")
 
@@ -103,15 +111,29 @@ async def key_list(ctx: Context, provider: str | None, as_json: bool) -> None:
 
 
 async def key_set_status(ctx: Context, key_id: int, status: str) -> None:
-    if not await db.set_key_status(ctx.pg, key_id, status, "set by operator"):
-        raise CommandError(f"no provider key with id {key_id}")
+    async with ctx.pg.transaction():
+        before = await key_fields(ctx, key_id)
+        if before is None or not await db.set_key_status(ctx.pg, key_id, status, "set by operator"):
+            raise CommandError(f"no provider key with id {key_id}")
+        action = "provider_key.disable" if status == "disabled" else "provider_key.enable"
+        await audit.record(ctx.pg, audit.cli_actor(), action, f"provider_key:{key_id}", before,
+                           {**before, "status": status})  # fmt: skip
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"provider key {key_id} {status}")
 
 
+async def key_fields(ctx: Context, key_id: int) -> dict | None:
+    """A provider key as the audit log shows it (never its secret)."""
+    return await audit.provider_key_fields(ctx.pg, key_id)
+
+
 async def key_remove(ctx: Context, key_id: int) -> None:
-    if not await db.remove_key(ctx.pg, key_id):
-        raise CommandError(f"no provider key with id {key_id}")
+    async with ctx.pg.transaction():
+        before = await key_fields(ctx, key_id)
+        if before is None or not await db.remove_key(ctx.pg, key_id):
+            raise CommandError(f"no provider key with id {key_id}")
+        await audit.record(ctx.pg, audit.cli_actor(), "provider_key.remove",
+                           f"provider_key:{key_id}", before, None)  # fmt: skip
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"provider key {key_id} removed")
 
@@ -119,7 +141,10 @@ async def key_remove(ctx: Context, key_id: int) -> None:
 async def pause(ctx: Context, provider: str, paused: bool) -> None:
     check_provider(provider)
     try:
-        await provider_state.set_paused(ctx.pg, ctx.redis, provider, paused)
+        async with ctx.pg.transaction():
+            await audit.set_paused(ctx.pg, audit.cli_actor(), provider, paused)
+        if not paused:
+            await daily.mark_resume(ctx.redis, provider)
     except RedisError as exc:
         raise CommandError(f"resumed, but Redis did not take the resume point: {exc}") from exc
     finally:
@@ -131,11 +156,21 @@ async def set_thresholds(ctx: Context, provider: str, warn: str | None, stop: st
     check_provider(provider)
     if warn is None and stop is None:
         raise CommandError("nothing to change: give --warn-usd and/or --stop-usd")
-    warn_usd = amount_arg(warn, "--warn-usd", negative=False) if warn is not None else None
-    stop_usd = amount_arg(stop, "--stop-usd", negative=False) if stop is not None else None
-    await db.set_thresholds(ctx.pg, provider, warn_usd=warn_usd, stop_usd=stop_usd)
+    warn_usd, stop_usd = _threshold(warn, "--warn-usd"), _threshold(stop, "--stop-usd")
+    async with ctx.pg.transaction():
+        await audit.set_thresholds(ctx.pg, audit.cli_actor(), provider,
+                                   warn_usd=warn_usd, stop_usd=stop_usd)  # fmt: skip
     await ctx.notify(invalidation.PROVIDERS_MESSAGE)
     print(f"{provider}: thresholds updated")
+
+
+def _threshold(text: str | None, what: str):
+    """Not given: kept; `none`: cleared; else a plain non-negative decimal."""
+    if text is None:
+        return audit.KEEP
+    if text.strip().lower() == "none":
+        return None
+    return amount_arg(text, what, negative=False)
 
 
 async def provider_list(ctx: Context, as_json: bool) -> None:
