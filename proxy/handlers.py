@@ -102,8 +102,9 @@ def billed_usage(result: RelayResult, bound: RequestBound, raw: bytes) -> tuple[
     if usage is not None:  # input known exactly, output still counting
         output = max(usage.output_tokens, result.output_estimate)
         return usage.model_copy(update={"output_tokens": output}), True
-    return TokenUsage(
-        uncached_input_tokens=prompt_estimate(raw), output_tokens=result.output_estimate
+    return TokenUsage(  # an estimate, never beyond what the hold bounds (embeddings: no output)
+        uncached_input_tokens=min(prompt_estimate(raw), bound.input_tokens),
+        output_tokens=min(result.output_estimate, bound.output_tokens),
     ), True
 
 

@@ -144,3 +144,19 @@ async def test_an_embedding_that_does_not_fit_is_refused_with_its_exact_hold(
     assert refused.value.status_code == 402
     assert refused.value.response.headers["x-meterway-hold-usd"] == usd_str(hold)
     assert len(upstream.recorded()) == seen
+
+
+async def test_an_embedding_answer_without_usage_is_estimated_as_input_only(
+    proxy_url, accounts, pg, catalog_path
+):
+    acct = await accounts.create("1")
+    client = openai_client(proxy_url, acct.key, **{"x-sim-no-usage": "1"})
+    ids = list(range(100_000, 101_000))  # 7 bytes a token id: the bound is their count
+    raw = await client.embeddings.with_raw_response.create(model=MODEL, input=ids)
+    assert raw.parse().data
+    request_id = raw.headers["x-request-id"]
+    await wait_settled(pg, [request_id])
+    record = await record_of(pg, request_id)
+    assert record["estimated"] is True and record["output_tokens"] == 0
+    assert record["input_tokens"] == 1000 + TEXT_MARGIN_TOKENS  # the estimate, at most the bound
+    assert record["cost_usd"] == input_cost(catalog_path, MODEL, 1000 + TEXT_MARGIN_TOKENS)
