@@ -122,9 +122,9 @@ async def test_body_over_the_limit_is_413(proxy_url, accounts):
 
 async def test_unknown_endpoint_is_404_in_provider_format(proxy_url, accounts):
     acct = await accounts.create("1")
-    with pytest.raises(openai.NotFoundError):
-        await openai_client(proxy_url, acct.key).embeddings.create(
-            model="text-embedding-3-small", input="hi"
+    with pytest.raises(openai.NotFoundError):  # (embeddings are metered now)
+        await openai_client(proxy_url, acct.key).moderations.create(
+            model="omni-moderation-latest", input="hi"
         )
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{proxy_url}/v1/anthropic/v1/complete", json={}) as r:
