@@ -181,3 +181,24 @@ async def test_n_and_best_of_holds_refuse_what_does_not_fit(
     await check_billed(
         pg, accounts, acct, catalog_path, raw.headers["x-request-id"], stream=False, start="0.005"
     )
+
+
+async def test_a_broken_completion_stream_bills_the_text_delivered(
+    proxy_url, accounts, pg, catalog_path
+):
+    acct = await accounts.create("1")
+    client = openai_client(proxy_url, acct.key, **{"x-sim-break-after": "3"})
+    raw = await client.completions.with_raw_response.create(model=MODEL, prompt="hi", stream=True)
+    texts = []
+    with pytest.raises(openai.APIError):  # the proxy ends it with an error chunk
+        async for chunk in raw.parse():
+            texts.append(chunk.choices[0].text)
+    assert "".join(texts) == "tok0 tok1 tok2 "
+    await wait_settled(pg, [raw.headers["x-request-id"]])
+    record = await record_of(pg, raw.headers["x-request-id"])
+    assert record["estimated"] is True and record["outcome"] == "upstream_broken"
+    assert record["output_tokens"] == 3
+    cost = expected_cost(
+        catalog_path, MODEL, uncached=record["input_tokens"], output=record["output_tokens"]
+    )
+    assert record["cost_usd"] == cost

@@ -150,3 +150,16 @@ async def test_count_tokens_counts_toward_rpm_not_tpm(proxy_url, accounts, pg, r
     for _ in range(3):
         assert (await client.messages.count_tokens(model=MODEL, messages=MESSAGES)).input_tokens
     assert await usage_count(pg, other.user_id) == 1
+
+
+async def test_count_tokens_has_its_own_metrics_label(proxy_url, accounts):
+    acct = await accounts.create("0")
+    await anthropic_client(proxy_url, acct.key).messages.count_tokens(
+        model=MODEL, messages=MESSAGES
+    )
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy_url}/metrics") as resp:
+        metrics = await resp.text()
+    assert (
+        'meterway_requests_total{endpoint="messages/count_tokens",provider="anthropic",status="200"}'
+        in metrics
+    )
