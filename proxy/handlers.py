@@ -36,8 +36,8 @@ from shared.balance_view import MAX_UNITS
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
 from shared.events import EncodedUsageEvent, TokenUsage, UsageEvent
-from shared.money import units_ceil
-from shared.pricing import cost_usd, hold_usd
+from shared.pricing import cost_units
+from shared.pricing import hold_units as units_of_hold
 
 log = structlog.get_logger("meterway.proxy")
 
@@ -126,15 +126,13 @@ async def _serve(
 
     prepared = adapter.prepare(body, raw)
     bound = await hold_bound(gw, owner.user_id, adapter, body, raw, model, price)
-    hold_units = units_ceil(
-        hold_usd(
-            bound.input_tokens,
-            bound.output_tokens,
-            price,
-            owner.rate_multiplier,
-            bound.service_tier,
-            bound.tool_calls,
-        )
+    hold_units = units_of_hold(
+        bound.input_tokens,
+        bound.output_tokens,
+        price,
+        owner.rate_multiplier,
+        bound.service_tier,
+        bound.tool_calls,
     )
     if hold_units > MAX_UNITS:  # more than any balance can be: refused before Redis
         raise insufficient_balance(hold_units, 0)
@@ -191,7 +189,7 @@ async def _serve(
         outcome=result.outcome,
         upstream_request_id=result.upstream_request_id,
     )
-    pending_units = units_ceil(cost_usd(usage, price, owner.rate_multiplier))
+    pending_units = cost_units(usage, price, owner.rate_multiplier)
     window = limit.window_key if limit and limit.tpm else None
     remember = None if estimated else result.response_id  # what continuing it will hold
     enqueue = partial(gw.queue.enqueue, event, pending_units, window, remember, key_tag(owner))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
@@ -57,7 +58,7 @@ class ServiceTier(TierPrices):
     tiers: tuple[LongContextTier, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Prices:
     """The prices that apply to one request, per million tokens; a missing cache
     price is the input price of this set."""
@@ -96,6 +97,31 @@ class Prices:
     def dearest_input(self) -> Decimal:
         """The highest price an input token can have (what holds assume)."""
         return max(self.input, self.cache_read, self.cache_write, self.cache_write_1h)
+
+    @cached_property
+    def whole(self) -> WholePrices:
+        """The same prices as integers over one denominator (exact), for the
+        proxy's integer arithmetic."""
+        values = (
+            self.input, self.output, self.cache_read, self.cache_write, self.cache_write_1h,
+            self.dearest_input,
+        )  # fmt: skip
+        ratios = [value.as_integer_ratio() for value in values]
+        scale = math.lcm(*(den for _, den in ratios))
+        return WholePrices(scale, *(num * (scale // den) for num, den in ratios))
+
+
+@dataclass(frozen=True, slots=True)
+class WholePrices:
+    """Prices per million tokens times `scale`, all integers."""
+
+    scale: int
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int
+    cache_write_1h: int
+    dearest_input: int
 
 
 def _tier_reached(tiers: tuple[LongContextTier, ...], input_tokens: int) -> LongContextTier | None:
@@ -151,6 +177,20 @@ class ModelPrice(BaseModel):
     @cached_property
     def base(self) -> Prices:
         return Prices.of(self)
+
+    @cached_property
+    def single_price_set(self) -> bool:
+        """No tiers of either kind: every request is priced at `base`."""
+        return not self.tiers and not self.service_tiers
+
+    @cached_property
+    def multiplier_ratio(self) -> tuple[int, int]:
+        return self.multiplier.as_integer_ratio()
+
+    @cached_property
+    def web_search_ratio(self) -> tuple[int, int] | None:
+        wpc = self.web_search_per_call
+        return None if wpc is None else wpc.as_integer_ratio()
 
     @property
     def cache_read(self) -> Decimal:

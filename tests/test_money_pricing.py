@@ -409,11 +409,14 @@ def test_cost_claude_sonnet_with_5m_and_1h_cache_writes(shipped):
 
 def test_cost_1h_writes_are_not_priced_as_5m_writes(shipped):
     price = shipped.models["claude-sonnet-4-5"]
-    all_5m = TokenUsage(cache_write_tokens=1_000_000)
-    all_1h = TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000)
-    # one million tokens at 3.75 and at 6 per million
-    same_decimal(cost_usd(all_5m, price, Decimal(1)), "3.75")
-    same_decimal(cost_usd(all_1h, price, Decimal(1)), "6")
+    all_5m = TokenUsage(cache_write_tokens=100_000)
+    all_1h = TokenUsage(cache_write_tokens=100_000, cache_write_1h_tokens=100_000)
+    # 100,000 tokens (below the long-context tier) at 3.75 and at 6 per million
+    same_decimal(cost_usd(all_5m, price, Decimal(1)), "0.375")
+    same_decimal(cost_usd(all_1h, price, Decimal(1)), "0.6")
+    # above 200,000 input tokens every token is priced at the long-context tier
+    long_1h = TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000)
+    same_decimal(cost_usd(long_1h, price, Decimal(1)), "12")
 
 
 def test_cost_model_multiplier_and_user_rate():

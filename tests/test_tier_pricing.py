@@ -151,3 +151,33 @@ async def test_the_usage_record_names_the_service_tier(proxy_url, accounts, pg, 
         async with http.get(f"{proxy_url}/v1/account/usage?limit=1") as r:
             record = (await r.json())["data"][0]
     assert record["service_tier"] == "standard" and record["web_search_calls"] == 0
+
+
+def test_the_proxys_integer_units_equal_the_exact_decimal_rounded_up():
+    import random
+
+    from shared.catalog import load_catalog
+    from shared.config import REPO_ROOT
+    from shared.money import units_ceil
+    from shared.pricing import cost_units, hold_units
+
+    odd = ModelPrice(provider="openai", input_per_mtok=Decimal("0.0375"),
+                     output_per_mtok=Decimal("1.3333"), multiplier=Decimal("1.37"),
+                     web_search_per_call=Decimal("0.0125"))  # fmt: skip
+    models = [*load_catalog(REPO_ROOT / "model_catalog.json").models.values(), PRICE, odd]
+    rnd = random.Random(7)
+    for _ in range(3000):
+        price = rnd.choice(models)
+        rate = Decimal(rnd.choice(["1", "1.5", "0.000001", "999.999999", "1.234567"]))
+        tier = rnd.choice([None, "flex", "priority", "auto", "standard"])
+        writes = rnd.randrange(0, 300_000)
+        used = TokenUsage(
+            uncached_input_tokens=rnd.randrange(0, 400_000),
+            cache_read_tokens=rnd.randrange(0, 50_000), cache_write_tokens=writes,
+            cache_write_1h_tokens=rnd.randrange(0, writes + 1),
+            output_tokens=rnd.randrange(0, 100_000), web_search_calls=rnd.randrange(0, 5),
+            service_tier=tier,
+        )  # fmt: skip
+        assert cost_units(used, price, rate) == units_ceil(cost_usd(used, price, rate))
+        held = (rnd.randrange(0, 2_000_000), rnd.randrange(0, 200_000), price, rate, tier, 3)
+        assert hold_units(*held) == units_ceil(hold_usd(*held))

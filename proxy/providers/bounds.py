@@ -96,7 +96,12 @@ def walk(node: object, rule: PartRule, count: MediaCount) -> None:
 def may_hold(raw: bytes, markers: Iterable[bytes]) -> bool:
     """Whether the body may hold what a marker names. A `\\u` escape can spell any
     name without its bytes, so a body with one is always looked at."""
-    return b"\\u" in raw or any(marker in raw for marker in markers)
+    if b"\\u" in raw:
+        return True
+    for marker in markers:
+        if marker in raw:
+            return True
+    return False
 
 
 def text_bound(raw: bytes, count: MediaCount, tokens_per_image: int) -> int:
@@ -145,4 +150,6 @@ def most_tool_calls(own_limit: int | None, price: ModelPrice, tool: str) -> int:
 
 def choices(body: dict) -> int:
     """`n` / `best_of`: the output part of the hold is multiplied by the larger."""
+    if "n" not in body and "best_of" not in body:
+        return 1
     return max(positive_count(body, "n") or 1, positive_count(body, "best_of") or 1)

@@ -124,8 +124,12 @@ class OpenAIChat:
     endpoint = "chat/completions"
 
     def output_cap(self, request: dict) -> int | None:
-        caps = [positive_count(request, name) for name in ("max_completion_tokens", "max_tokens")]
-        return max((cap for cap in caps if cap is not None), default=None)
+        """The larger of `max_completion_tokens` and `max_tokens`, where set."""
+        first = positive_count(request, "max_completion_tokens")
+        second = positive_count(request, "max_tokens")
+        if first is None or second is None:
+            return second if first is None else first
+        return max(first, second)
 
     def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
         output = (self.output_cap(request) or price.max_output_tokens) * choices(request)
