@@ -4,6 +4,8 @@ set a password or make a one-time invite link."""
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
 from aiohttp import web
@@ -32,7 +34,7 @@ from dashboard.common import (
     take_flash,
 )
 from shared import invalidation, money, redis_keys
-from shared.db import api_keys, audit, users
+from shared.db import api_keys, audit, ledger, users
 from shared.db import dashboard as q
 from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
 from shared.money import units_to_usd, usd_str
@@ -92,8 +94,19 @@ async def _detail(request: web.Request, target: users.User, *, error: str | None
         "invite": invite, "flash": await take_flash(request), "new_key": new_key,
         "rows": await key_controls.key_rows(request, keys),
         "models": key_controls.catalog_models(request), "once": secrets.token_urlsafe(16),
-        "ledger": await q.recent_ledger(st.pg, target.id),
+        **await _statement(st, target),
     }, status=status)  # fmt: skip
+
+
+async def _statement(st, target: users.User) -> dict:
+    """This month's ledger, charges rolled up per UTC day, newest first, with the
+    opening balance: opening + the amounts = the balance at the last line."""
+    now = datetime.now(UTC)
+    start, end = ledger.month_bounds(now.year, now.month)
+    lines = await ledger.lines(st.pg, target.id, start, end)
+    opening = await ledger.balance_before(st.pg, target.id, start)
+    return {"ledger": list(reversed(lines)), "opening": opening, "month": now.strftime("%Y-%m"),
+            "ledger_sum": sum((line.amount_usd for line in lines), Decimal(0))}  # fmt: skip
 
 
 @admin_required

@@ -11,7 +11,15 @@ import jinja2
 from aiohttp import web
 from redis.asyncio import Redis
 
-from dashboard import admin_ops, admin_users, auth_views, billing, payments, user_views
+from dashboard import (
+    admin_ops,
+    admin_usage,
+    admin_users,
+    auth_views,
+    billing,
+    payments,
+    user_views,
+)
 from dashboard.common import STATE, State, headers_middleware, session_middleware
 from dashboard.sessions import Invites, SessionStore, Throttle
 from shared.balance_view import BalanceView
@@ -50,6 +58,9 @@ def _routes(app: web.Application) -> None:
     r.add_post("/admin/users/{user_id}/keys/{key_id}/controls", admin_users.user_key_controls)
     r.add_post("/admin/users/{user_id}/keys/{key_id}/revoke", admin_users.user_key_revoke)
     r.add_get("/admin/audit", admin_ops.audit_page)
+    r.add_get("/admin/usage", admin_usage.usage_search)
+    r.add_get("/admin/requests/{request_id}", admin_usage.request_detail)
+    r.add_get("/usage/requests/{request_id}", admin_usage.own_request_detail)
     r.add_get("/admin/providers", admin_ops.providers_page)
     r.add_post("/admin/providers/{provider}/thresholds", admin_ops.provider_thresholds)
     r.add_post("/admin/providers/{provider}/{action:pause|resume}", admin_ops.provider_pause)

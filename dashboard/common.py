@@ -16,6 +16,7 @@ import aiohttp_jinja2
 import asyncpg
 import structlog
 from aiohttp import web
+from markupsafe import Markup
 from redis.asyncio import Redis
 
 from dashboard.sessions import (
@@ -167,7 +168,9 @@ def render(
 ) -> web.Response:
     session: Session | None = request.get(SESSION_KEY)
     base = {"user": request.get(USER_KEY), "csrf": session.csrf if session else "",
-            "path": request.path, "usd": fmt_usd}  # fmt: skip
+            "path": request.path, "usd": fmt_usd, "money": money_html,
+            "cost": lambda v: money_html(v, cost=True), "tokens": tokens,
+            "exact": usd_str}  # fmt: skip
     return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
 
 
@@ -331,3 +334,50 @@ def page_number(request: web.Request, name: str = "page") -> int:
 
 
 _PAGE = re.compile(r"[0-9]{1,6}")
+
+
+# --- one money format for every template ----------------------------------------------------
+
+
+def _grouped(value: Decimal, places: int) -> str:
+    from decimal import ROUND_HALF_EVEN
+
+    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    return f"{shown:,.{places}f}"
+
+
+def money_text(value: Decimal | None, *, cost: bool = False) -> str:
+    """The display rule: balances and amounts of a cent or more with 2 decimals
+    (thousands separated); a cost under a dollar with 4 significant digits, so
+    that sub-cent costs stay readable ($0.00000735, $0.01881, $0.3008). The exact
+    value is in the title (see `money`) and in every CSV and JSON."""
+    if value is None:
+        return "-"
+    value = Decimal(value)
+    sign = "-" if value < 0 else ""
+    magnitude = abs(value)
+    if cost and 0 < magnitude < 1:
+        digits = max(2, 4 - magnitude.adjusted() - 1)  # 4 significant digits
+        text = f"{magnitude:.{digits}f}"
+        if "." in text:
+            whole, frac = text.split(".")
+            frac = frac.rstrip("0").ljust(2, "0")
+            text = f"{whole}.{frac}"
+        return f"{sign}${text}"
+    if not cost and 0 < magnitude < Decimal("0.01"):
+        return f"{sign}${money_text(magnitude, cost=True)[1:]}"  # a sub-cent balance: not $0.00
+    return f"{sign}${_grouped(magnitude, 2)}"
+
+
+def money_html(value: Decimal | None, cost: bool = False) -> Markup:
+    """`money_text` in a span whose title is the exact value (`12.3456 USD`)."""
+    if value is None:
+        return Markup("-")
+    exact = usd_str(Decimal(value))
+    return Markup('<span class="money" title="{} USD" data-usd="{}">{}</span>').format(
+        exact, exact, money_text(value, cost=cost)
+    )
+
+
+def tokens(value: int | None) -> str:
+    return "-" if value is None else f"{int(value):,}"

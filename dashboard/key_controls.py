@@ -15,8 +15,9 @@ from dashboard.common import FormError, field, log, parse_amount, state
 from shared import invalidation
 from shared.catalog import load_catalog
 from shared.db import api_keys, audit
+from shared.db import dashboard as q
 from shared.key_view import spend_period
-from shared.periods import DEFAULT_PERIOD, PERIODS
+from shared.periods import DEFAULT_PERIOD, PERIODS, period_end, period_start
 
 MAX_MODELS = 200
 _LIMIT_MAX = 2**31
@@ -118,15 +119,18 @@ async def apply(request: web.Request, key: api_keys.ApiKey, changes: dict[str, A
 
 
 async def key_rows(request: web.Request, keys: list[api_keys.ApiKey]) -> list[dict[str, Any]]:
-    """What the key tables show: each key with its spend this period."""
+    """What the key tables show: each key with its spend and request count this
+    period (one query for every key)."""
     st = state(request)
     now = datetime.now(UTC)
+    spans = [(k.id, period_start(spend_period(k), now), period_end(spend_period(k), now))
+             for k in keys]  # fmt: skip
+    spends = await q.key_spends(st.pg, spans)
     rows = []
     for k in keys:
-        period = spend_period(k)
-        spend: Decimal = await api_keys.spend_in_period(st.pg, k.id, period, now)
+        spend, requests = spends.get(k.id, (Decimal(0), 0))
         rows.append({
-            "key": k, "spend": spend, "period": period,
+            "key": k, "spend": spend, "requests": requests, "period": spend_period(k),
             "expired": k.expires_at is not None and k.expires_at <= now,
             "expires_value": k.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
             if k.expires_at else "",

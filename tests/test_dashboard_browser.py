@@ -22,6 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from dashboard.common import money_text
 from shared import invalidation
 from shared.balance_view import BalanceView
 from shared.db import api_keys, providers
@@ -138,7 +139,9 @@ async def test_user_creates_uses_sees_and_revokes_a_key(
         await page.goto(dashboard_url + "/usage")
         row = page.locator(f'tr[data-request-id="{request_id}"]')
         await row.wait_for()
-        assert (await row.locator("td.cost").text_content() or "").strip() == usd_str(cost)
+        shown = row.locator("td.cost .money")
+        assert await shown.get_attribute("title") == f"{usd_str(cost)} USD"  # exact on hover
+        assert (await shown.text_content() or "").strip() == money_text(cost, cost=True)
         assert "gpt-4o" in (await row.text_content() or "")
         assert await page.locator("svg.chart rect.bar").count() == 30
         await shoot(page, "usage")
@@ -244,3 +247,44 @@ async def _until(call, expected: type[Exception] | None, timeout: float = 1.5) -
             return
         assert asyncio.get_running_loop().time() < deadline, f"got {outcome}, not {expected}"
         await asyncio.sleep(0.05)
+
+
+async def test_operator_finds_a_request_by_its_header_id(
+    pg, redis, proxy_url, worker, dashboard_url, page, tmp_path
+):
+    """The `x-request-id` a customer quotes: the usage search finds it and the
+    detail shows the exact cost; on a phone the usage and keys pages do not
+    scroll sideways."""
+    admin, user = await make_user(pg, admin=True), await make_user(pg, credit="3")
+    await _publish_balance(pg, redis, user.id)
+    secret = new_proxy_key()
+    await api_keys.create(pg, user.id, hash_proxy_key(secret), visible_prefix(secret),
+                          name="quoted")  # fmt: skip
+    raw = await _chat(openai_client(proxy_url, secret), "find me")
+    request_id = raw.headers["x-request-id"]
+    await wait_settled(pg, [request_id])
+    cost = await pg.fetchval("SELECT cost_usd FROM usage_records WHERE request_id = $1", request_id)
+    async with screenshot_on_failure(page, tmp_path):
+        await sign_in(page, dashboard_url, admin.email, admin.password)
+        await page.goto(dashboard_url + "/admin/usage")
+        await page.fill("input[name=request_id]", request_id)
+        await page.click("button:has-text('Search')")
+        await page.wait_for_selector("#request-id")
+        assert (await page.text_content("#request-id") or "").strip() == request_id
+        assert await page.get_attribute("#cost", "data-usd") == usd_str(cost)
+        assert (await page.text_content("#cost") or "").strip() == f"{usd_str(cost)} USD"
+        assert "quoted" in (await page.text_content("main") or "")
+        await shoot(page, "operator-request")
+
+        await page.context.clear_cookies()
+        await sign_in(page, dashboard_url, user.email, user.password)
+        await page.set_viewport_size({"width": 390, "height": 844})
+        try:
+            for path in ("/usage", "/keys"):
+                await page.goto(dashboard_url + path)
+                wide = await page.evaluate(
+                    "document.documentElement.scrollWidth > window.innerWidth"
+                )
+                assert not wide, f"{path} scrolls sideways at 390 px"
+        finally:
+            await page.set_viewport_size({"width": 1200, "height": 860})

@@ -143,3 +143,129 @@ async def system_stats(conn: Conn, since: datetime) -> asyncpg.Record:
         " (SELECT count(*) FROM orphaned_holds WHERE released_at >= $1) AS orphaned_today",
         since,
     )
+
+
+# --- a bill end to end: keys' spend, usage search, one request -----------------------------
+
+
+async def key_spends(
+    conn: Conn, spans: list[tuple[int, datetime | None, datetime | None]]
+) -> dict[int, tuple[Decimal, int]]:
+    """Spend and request count of each key in its own span [start, end) (None:
+    all time), in one query: {key_id: (spend, requests)}."""
+    if not spans:
+        return {}
+    rows = await conn.fetch(
+        "SELECT s.key_id, COALESCE(SUM(r.cost_usd), 0) AS spend, count(r.id) AS requests"
+        " FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS s(key_id, s0, s1)"
+        " LEFT JOIN usage_records r ON r.api_key_id = s.key_id"
+        "  AND (s.s0 IS NULL OR (r.created_at >= s.s0 AND r.created_at < s.s1))"
+        " GROUP BY s.key_id",
+        [k for k, _, _ in spans],
+        [s for _, s, _ in spans],
+        [e for _, _, e in spans],
+    )
+    return {r["key_id"]: (Decimal(r["spend"]), int(r["requests"])) for r in rows}
+
+
+SEARCH_COLUMNS = (
+    "r.request_id, r.created_at, r.provider, r.model, r.endpoint, r.stream, r.input_tokens,"
+    " r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.cost_usd, r.estimated,"
+    " r.status, r.outcome, r.user_id, u.email, r.api_key_id, k.name AS key_name,"
+    " k.prefix AS key_prefix"
+)
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def usage_search_filter(
+    *,
+    user: str | None = None,
+    user_id: int | None = None,
+    key: str | None = None,
+    model: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    request_id: str | None = None,
+) -> tuple[str, list]:
+    """WHERE clause over usage_records r JOIN users u LEFT JOIN api_keys k. `user`:
+    an email substring; `key`: a key id or a prefix / name substring; `end` inclusive."""
+    clauses, args = ["TRUE"], []
+
+    def add(clause: str, *values: object) -> None:
+        for value in values:
+            args.append(value)
+            clause = clause.replace("?", f"${len(args)}", 1)
+        clauses.append(clause)
+
+    if request_id:
+        add("r.request_id = ?", request_id)
+    if user_id is not None:
+        add("r.user_id = ?", user_id)
+    if user:
+        add("u.email LIKE ?", _like(user.lower()))
+    if key:
+        if key.isascii() and key.isdigit() and len(key) <= 18:
+            add("r.api_key_id = ?", int(key))
+        else:
+            add("(k.prefix LIKE ? OR k.name ILIKE ?)", _like(key), _like(key))
+    if model:
+        add("r.model = ?", model)
+    if start is not None:
+        add("r.created_at >= ?", day_bounds(start)[0])
+    if end is not None:
+        add("r.created_at < ?", day_bounds(end)[1])
+    return " AND ".join(clauses), args
+
+
+_SEARCH_FROM = (
+    " FROM usage_records r JOIN users u ON u.id = r.user_id"
+    " LEFT JOIN api_keys k ON k.id = r.api_key_id"
+)
+
+
+async def usage_search(
+    conn: Conn, where: str, args: list, *, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """One page of matching records, newest first (one query; ask limit+1 to know more)."""
+    n = len(args)
+    return await conn.fetch(
+        f"SELECT {SEARCH_COLUMNS}{_SEARCH_FROM} WHERE {where}"
+        f" ORDER BY r.created_at DESC, r.id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        *args,
+        limit,
+        offset,
+    )
+
+
+async def usage_search_totals(conn: Conn, where: str, args: list) -> asyncpg.Record:
+    """Count, exact cost and tokens of every matching record."""
+    return await conn.fetchrow(
+        "SELECT count(*) AS n, COALESCE(SUM(r.cost_usd), 0) AS cost,"
+        " COALESCE(SUM(r.input_tokens), 0) AS input_tokens,"
+        f" COALESCE(SUM(r.output_tokens), 0) AS output_tokens{_SEARCH_FROM} WHERE {where}",
+        *args,
+    )
+
+
+async def request_detail(conn: Conn, request_id: str) -> asyncpg.Record | None:
+    """One usage record with its user, key and provider key names (one query)."""
+    return await conn.fetchrow(
+        "SELECT r.*, u.email, u.rate_multiplier AS user_rate_multiplier, k.name AS key_name,"
+        " k.prefix AS key_prefix, pk.name AS provider_key_name,"
+        " pk.prefix AS provider_key_prefix"
+        " FROM usage_records r JOIN users u ON u.id = r.user_id"
+        " LEFT JOIN api_keys k ON k.id = r.api_key_id"
+        " LEFT JOIN provider_keys pk ON pk.id = r.provider_key_id"
+        " WHERE r.request_id = $1",
+        request_id,
+    )
+
+
+async def ledger_charge(conn: Conn, request_id: str) -> Decimal | None:
+    """The ledger's charge of one request (negative), where it has one."""
+    return await conn.fetchval(
+        "SELECT amount_usd FROM ledger WHERE request_id = $1 AND kind = 'charge'", request_id
+    )
