@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
-from time import perf_counter
 
 import structlog
 from aiohttp import web
@@ -20,7 +19,7 @@ from proxy.free_endpoints import handler_for
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
-from proxy.metrics import CONTENT_TYPE, FIRST_BYTE, Metrics
+from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.middleware import refused_request, request_context
 from proxy.models import models_handler, not_found
 from proxy.providers import ADAPTERS
@@ -43,8 +42,7 @@ log = structlog.get_logger("meterway.proxy")
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
-    app[READINESS] = readiness = Readiness()
-    app.on_response_prepare.append(_on_prepare(readiness))
+    app[READINESS] = Readiness()
     app.cleanup_ctx.append(_lifecycle)
     _add_routes(app)
     return app
@@ -69,21 +67,6 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/metrics", metrics)
     r.add_get("/docs", docs.docs_page)
     r.add_get("/docs/pricing", docs.pricing_page)
-
-
-def _on_prepare(readiness: Readiness):
-    """`on_response_prepare`: headers go now, and a whole answer's body with them
-    (time to first byte, `proxy.metrics.FIRST_BYTE`); while draining, every answer
-    closes its connection, so a load balancer reconnects to another proxy."""
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if FIRST_BYTE not in request:
-            request[FIRST_BYTE] = perf_counter()
-        if readiness.draining:  # (the hook runs once aiohttp has made the headers)
-            response.force_close()
-            response.headers["Connection"] = "close"
-
-    return on_prepare
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
+from time import perf_counter
 
 import structlog
 from aiohttp import web
@@ -28,8 +29,10 @@ from proxy.key_controls import (
     rate_limit_of,
     seconds_to_next_minute,
 )
+from proxy.metrics import FIRST_BYTE
 from proxy.providers import Adapter
 from proxy.providers.bounds import RequestBound
+from proxy.readiness import READINESS
 from proxy.relay import Relay, RelayResult
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
 from shared.balance_view import MAX_UNITS
@@ -215,6 +218,9 @@ async def send_now(request: web.Request, response: web.StreamResponse) -> None:
     nothing left to send when the handler returns."""
     if response.prepared:
         return
+    request[FIRST_BYTE] = perf_counter()  # the body goes out with the headers
+    if request.app[READINESS].draining:  # say so in the headers (see proxy.middleware)
+        response.force_close()
     with contextlib.suppress(ConnectionResetError):  # gone: billed all the same
         await response.prepare(request)
         await response.write_eof()

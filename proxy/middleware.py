@@ -11,6 +11,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyError, error_response
 from proxy.metrics import FIRST_BYTE, labels_of
+from proxy.readiness import READINESS
 from proxy.state import GATEWAY, REQUEST_ID
 
 log = structlog.get_logger("meterway.proxy")
@@ -59,6 +60,10 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
         metrics.in_flight.dec()
+    if request.app[READINESS].draining:  # a load balancer reconnects to another proxy
+        response.force_close()
+        if not response.prepared:
+            response.headers["Connection"] = "close"
     done = perf_counter()  # a whole answer not sent yet goes out right after this
     first = request.get(FIRST_BYTE, done)
     metrics.request_done(*labels_of(request.path), response.status, done - started, first - started)
