@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from dashboard.common import (
+    SESSION_KEY,
     FormError,
     State,
     actor,
@@ -32,6 +33,7 @@ from shared.db import dashboard as q
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
 from shared.keys import SecretBox, visible_prefix
+from shared.reconcile import find_differences
 
 
 def _provider(request: web.Request) -> str:
@@ -218,23 +220,84 @@ async def queue_stats(st: State) -> tuple[int, datetime | None]:
     return depth, datetime.fromtimestamp(oldest_ms / 1000, UTC)
 
 
+async def _health(st: State) -> list[tuple[str, str, bool]]:
+    """(what, state, ok) of Postgres, Redis, the workers and the dead letters;
+    each probe fails alone (an unreachable Redis does not hide Postgres)."""
+    checks: list[tuple[str, str, bool]] = []
+    try:
+        await st.pg.fetchval("SELECT 1")
+        checks.append(("Postgres", "reachable", True))
+    except Exception as exc:
+        checks.append(("Postgres", f"unreachable: {str(exc)[:120]}", False))
+    try:
+        await st.redis.ping()
+        checks.append(("Redis", "reachable", True))
+    except Exception as exc:
+        checks.append(("Redis", f"unreachable: {str(exc)[:120]}", False))
+        return checks
+    try:
+        consumers = await st.redis.xinfo_consumers(redis_keys.USAGE_STREAM, "settlers")
+        live = [c for c in consumers if int(c.get("idle", 10**9)) < 60_000]
+        checks.append(("Workers (settling consumers seen in the last minute)",
+                       f"{len(live)} of {len(consumers)}", bool(live)))  # fmt: skip
+    except Exception:
+        checks.append(("Workers", "no worker has joined the usage stream", False))
+    try:
+        dead = await st.redis.xlen(redis_keys.USAGE_DEAD_LETTERS)
+        checks.append(("Dead letters (events no worker could settle)", f"{dead}", dead == 0))
+    except Exception as exc:
+        checks.append(("Dead letters", f"unknown: {str(exc)[:80]}", False))
+    return checks
+
+
 @admin_required
 async def system_page(request: web.Request) -> web.StreamResponse:
     st = state(request)
-    depth, oldest_queued = await queue_stats(st)
+    health = await _health(st)
+    try:
+        depth, oldest_queued = await queue_stats(st)
+    except Exception:
+        depth, oldest_queued = -1, None
     stats = await q.system_stats(st.pg, start_of_utc_day())
     facts = [
-        ("Queue depth (unsettled usage events)", f"{depth}"),
-        ("Oldest queued event", _age(oldest_queued) + (" ago" if oldest_queued else "")),
-        ("Spooled events (saved while Redis was down)", f"{stats['spooled']}"),
+        ("Queue depth (unsettled usage events)", f"{depth:,}" if depth >= 0 else "unknown"),
+        ("Settlement lag (oldest queued event)", _age(oldest_queued)
+         + (" ago" if oldest_queued else "")),
+        ("Spooled events (saved while Redis was down)", f"{stats['spooled']:,}"),
         ("Oldest spooled event", _age(stats["oldest_spooled"])
          + (" ago" if stats["oldest_spooled"] else "")),
-        ("Usage records today (UTC)", f"{stats['records_today']}"),
-        ("Estimated usage records today", f"{stats['estimated_today']}"),
-        ("Orphaned holds released today", f"{stats['orphaned_today']}"),
+        ("Usage records today (UTC)", f"{stats['records_today']:,}"),
+        ("Estimated usage records today", f"{stats['estimated_today']:,}"),
+        ("Orphaned holds released today", f"{stats['orphaned_today']:,}"),
     ]  # fmt: skip
+    try:
+        cooling = await provider_state.cooling_key_ids(st.redis)
+    except Exception:
+        cooling = set()
+    keys = [{"id": k.id, "provider": k.provider, "name": k.name, "prefix": k.prefix,
+             "status": provider_state.key_status(k.status, k.id, cooling)}
+            for k in await db.list_keys(st.pg)]  # fmt: skip
     return render(request, "admin_system.html", {"title": "System", "facts": facts,
+                  "health": health, "keys": keys, "providers": await db.list_providers(st.pg),
+                  "reconcile": await st.sessions.pop_flash(request[SESSION_KEY]),
                   "now": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})  # fmt: skip
+
+
+@admin_required
+async def reconcile_run(request: web.Request) -> web.StreamResponse:
+    """`meterway reconcile` from the System page; its result is shown there."""
+    st = state(request)
+    async with st.pg.acquire() as conn:
+        problems = await find_differences(conn, st.redis)
+        await audit.record(conn, actor(request), "reconcile.run", "system", None,
+                           {"differences": len(problems)})  # fmt: skip
+    if problems:
+        shown = problems[:50]
+        more = f" (and {len(problems) - 50} more)" if len(problems) > 50 else ""
+        text = f"Reconcile: {len(problems)} difference(s){more}:\n" + "\n".join(shown)
+    else:
+        text = "Reconcile: ledger, usage records and Redis balances agree."
+    await flash_redirect(request, "/admin/system", text)
 
 
 AUDIT_PAGE = 50

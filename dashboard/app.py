@@ -73,6 +73,7 @@ def _routes(app: web.Application) -> None:
     r.add_get("/admin/alerts", admin_ops.alerts_page)
     r.add_get("/admin/catalog", admin_ops.catalog_page)
     r.add_get("/admin/system", admin_ops.system_page)
+    r.add_post("/admin/reconcile", admin_ops.reconcile_run)
     r.add_get("/billing", billing.billing_page)
     r.add_get("/billing/statement.csv", billing.statement_csv)
     r.add_post("/billing/redeem", billing.redeem)

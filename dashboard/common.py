@@ -68,6 +68,7 @@ STATE = web.AppKey("state", State)
 SESSIONLESS_PATHS = frozenset({"/webhooks/stripe"})
 SESSION_KEY = web.RequestKey("mw_session", Session)
 USER_KEY = web.RequestKey("mw_user", users.User)
+PAUSED_KEY = web.RequestKey("mw_paused", list)
 
 
 def state(request: web.Request) -> State:
@@ -112,6 +113,12 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
             session, user, fresh = await st.sessions.create(None), None, True
     request[SESSION_KEY] = session
     request[USER_KEY] = user
+    if user is not None and request.method == "GET":  # the banner while a provider is paused
+        try:
+            request[PAUSED_KEY] = [r["name"] for r in await st.pg.fetch(
+                "SELECT name FROM providers WHERE paused ORDER BY name")]  # fmt: skip
+        except Exception:
+            request[PAUSED_KEY] = []
     if request.method == "POST":
         try:
             form = await request.post()
@@ -170,7 +177,7 @@ def render(
     base = {"user": request.get(USER_KEY), "csrf": session.csrf if session else "",
             "path": request.path, "usd": fmt_usd, "money": money_html,
             "cost": lambda v: money_html(v, cost=True), "tokens": tokens,
-            "exact": usd_str}  # fmt: skip
+            "exact": usd_str, "paused_providers": request.get(PAUSED_KEY, [])}  # fmt: skip
     return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
 
 

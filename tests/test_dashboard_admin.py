@@ -276,3 +276,28 @@ async def test_queue_stats_reads_the_usage_stream():
     assert depth == 2
     assert oldest is not None and int(oldest.timestamp() * 1000) == 1_690_000_000_000
     await fake.aclose()
+
+
+async def test_system_page_health_reconcile_and_paused_banner(pg, redis, browser, other_browser):
+    admin, user = await make_user(pg, admin=True), await make_user(pg)
+    await browser.login(admin)
+    await other_browser.login(user)
+    status, text, _ = await browser.get("/admin/system")
+    assert status == 200
+    assert "Postgres" in text and "Redis" in text and "Dead letters" in text
+    assert "Workers" in text and "Settlement lag" in text
+    status, _, resp = await browser.post("/admin/reconcile")
+    assert status == 303 and resp.headers["Location"] == "/admin/system"
+    _, text, _ = await browser.get("/admin/system")
+    assert 'id="reconcile-result"' in text and "Reconcile:" in text
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = 'reconcile.run'"
+                             " AND actor = $1", admin.email) == 1  # fmt: skip
+    assert "paused-banner" not in (await other_browser.get("/usage"))[1]
+    try:
+        await providers.set_paused(pg, "anthropic", True, "test")
+        _, text, _ = await other_browser.get("/usage")
+        assert 'id="paused-banner"' in text and "anthropic is paused" in text
+        _, text, _ = await browser.get("/admin/users")
+        assert 'id="paused-banner"' in text
+    finally:
+        await providers.set_paused(pg, "anthropic", False)
