@@ -14,6 +14,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from shared.balance_view import BalanceView
+from shared.config import REPO_ROOT
 from shared.keys import hash_proxy_key
 from shared.redis_keys import INVALIDATE_CHANNEL
 from tests.test_dashboard_helpers import (  # noqa: F401  (fixtures)
@@ -299,3 +300,16 @@ async def test_reloading_the_key_creation_makes_no_second_key(pg, browser: Brows
     status, text, _ = await browser.post("/keys", {"name": "laptop", "once": once})  # a reload
     assert "already created" in text and '<code id="new-key">' not in text
     assert await pg.fetchval("SELECT count(*) FROM api_keys WHERE user_id = $1", user.id) == 1
+
+
+async def test_navigation_is_what_the_docs_say(pg, browser: Browser):
+    """The developer docs send users to Settings → API Keys; the dashboard has it."""
+    docs = (REPO_ROOT / "proxy" / "templates" / "docs.html").read_text()
+    assert "Settings → API Keys" in docs
+    user = await make_user(pg)
+    await browser.login(user)
+    _, text, _ = await browser.get("/usage")
+    assert '<a href="/keys" id="nav-settings"' in text and ">Settings</a>" in text
+    _, text, _ = await browser.get("/keys")
+    subnav = text.split('class="subnav"')[1].split("</nav>")[0]
+    assert ">API Keys</a>" in subnav and ">Alerts</a>" in subnav
