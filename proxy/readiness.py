@@ -27,11 +27,12 @@ PING_TIMEOUT = 2.0
 
 
 class Readiness:
-    __slots__ = ("_task", "draining", "redis_ok")
+    __slots__ = ("_lost", "_task", "draining", "redis_ok")
 
     def __init__(self) -> None:
         self.draining = False
         self.redis_ok = False
+        self._lost = False  # Redis was unreachable once (its return is then logged)
         self._task: asyncio.Task | None = None
 
     @property
@@ -64,7 +65,11 @@ class Readiness:
             except Exception:
                 ok = False
             if ok != self.redis_ok:
-                (log.info if ok else log.warning)("readiness_redis", reachable=ok)
+                if not ok:
+                    log.warning("readiness_redis", reachable=False)
+                elif self._lost:  # back after an outage (the first answer is not news)
+                    log.info("readiness_redis", reachable=True)
+                self._lost = self._lost or not ok
                 self.redis_ok = ok
             await asyncio.sleep(PING_EVERY)
 

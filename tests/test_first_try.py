@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -108,11 +109,14 @@ def _stop_leftover_postgres(data: Path) -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_quick_start_on_a_machine_with_python_only(tmp_path):
+async def test_quick_start_on_a_machine_with_python_only():
     why_not = _namespaces_allowed()
     if why_not:
         pytest.skip(why_not)
-    clone = tmp_path / "meterway"
+    # a short path: the embedded Postgres puts a Unix socket under the data
+    # directory, and socket paths are limited to 107 bytes (pytest's are long)
+    top = Path(tempfile.mkdtemp(prefix="mw-", dir="/tmp"))
+    clone = top / "meterway"
     cloning = await asyncio.create_subprocess_exec("git", "clone", "-q", str(REPO), str(clone))
     assert await asyncio.wait_for(cloning.wait(), 60) == 0
     assert not (clone / ".meterway-dev").exists()
@@ -167,3 +171,4 @@ async def test_quick_start_on_a_machine_with_python_only(tmp_path):
                 proc.kill()
                 await proc.wait()
         _stop_leftover_postgres(clone / ".meterway-dev")
+        shutil.rmtree(top, ignore_errors=True)
