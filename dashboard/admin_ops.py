@@ -180,10 +180,33 @@ async def provider_key_action(request: web.Request) -> web.StreamResponse:
     await flash_redirect(request, "/admin/provider-keys", f"Provider key {key_id} {verb}.")
 
 
+RULE_NAMES = {
+    "user_daily_spend": "Daily spend alert",
+    "user_low_balance": "Low balance",
+    "provider_daily_warn": "Provider daily spend warning",
+    "provider_auto_paused": "Provider paused automatically",
+    "provider_key_disabled": "Provider key disabled",
+}
+ALERTS_PAGE = 50
+
+
 @admin_required
 async def alerts_page(request: web.Request) -> web.StreamResponse:
-    rows = await q.recent_alerts(state(request).pg)
-    return render(request, "admin_alerts.html", {"title": "Alerts", "rows": rows})
+    """The alerts log, paged, with readable rule names and subjects (emails, not ids)."""
+    st = state(request)
+    page = page_number(request)
+    rows = await st.pg.fetch(
+        "SELECT a.id, a.rule, a.subject, a.day, a.message, a.recipients, a.created_at,"
+        " a.emailed_at, a.email_error, a.webhook_state, a.webhook_attempts, a.webhook_error,"
+        " u.email AS user_email FROM alerts a LEFT JOIN users u"
+        " ON a.subject LIKE 'user:%' AND u.id::text = substr(a.subject, 6)"
+        " ORDER BY a.id DESC LIMIT $1 OFFSET $2",
+        ALERTS_PAGE + 1,
+        (page - 1) * ALERTS_PAGE,
+    )
+    return render(request, "admin_alerts.html", {"title": "Alerts log", "rows": rows[:ALERTS_PAGE],
+                  "rules": RULE_NAMES, "page": page, "more": len(rows) > ALERTS_PAGE,
+                  "query": {}})  # fmt: skip
 
 
 @admin_required
