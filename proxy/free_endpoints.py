@@ -18,10 +18,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.body import read_json
 from proxy.errors import ProxyError
-from proxy.handlers import authenticate, check_provider, llm_handler, priced_model
-from proxy.key_controls import check_model, rate_limit_of, seconds_to_next_minute
+from proxy.handlers import admit, billing_store_unavailable, llm_handler
+from proxy.key_controls import rate_limit_of, seconds_to_next_minute
 from proxy.providers import Adapter
 from proxy.relay import Relay
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
@@ -52,20 +51,13 @@ def free_handler(adapter: Adapter):
 async def serve_free(
     gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
 ) -> web.StreamResponse:
-    owner = await authenticate(gw, request, allow_x_api_key=adapter.provider == "anthropic")
-    body, raw = await read_json(gw, request)
-    model, _ = priced_model(gw, adapter, body)
-    check_model(owner, model)
-    check_provider(gw, adapter.provider)
+    owner, body, raw, _, _ = await admit(gw, request, adapter)
     limit = rate_limit_of(owner)
     if limit is not None and limit.rpm:
         try:
             counted = await _counter(gw).count(limit)
         except RedisError as exc:  # the key's limit cannot be kept: refused, as when metered
-            log.error("billing_store_unavailable", error=str(exc))
-            raise ProxyError(
-                503, "Billing store unavailable, retry shortly", retry_after=1
-            ) from exc
+            raise billing_store_unavailable(exc) from exc
         if not counted:
             raise ProxyError(
                 429,

@@ -118,14 +118,29 @@ def llm_handler(adapter: Adapter):
     return handle
 
 
-async def _serve(
-    gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
-) -> web.StreamResponse:
+async def admit(
+    gw: Gateway, request: web.Request, adapter: Adapter
+) -> tuple[KeyOwner, dict, bytes, str, ModelPrice]:
+    """What every LLM endpoint checks first, metered or free: the key, the body,
+    the model (in the catalog, allowed for the key) and the provider (serving)."""
     owner = await authenticate(gw, request, allow_x_api_key=adapter.provider == "anthropic")
     body, raw = await read_json(gw, request)
     model, price = priced_model(gw, adapter, body)
     check_model(owner, model)
     check_provider(gw, adapter.provider)
+    return owner, body, raw, model, price
+
+
+def billing_store_unavailable(exc: RedisError) -> ProxyError:
+    """Never served unmetered: Redis is needed for every hold and limit."""
+    log.error("billing_store_unavailable", error=str(exc))
+    return ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1)
+
+
+async def _serve(
+    gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
+) -> web.StreamResponse:
+    owner, body, raw, model, price = await admit(gw, request, adapter)
 
     prepared = adapter.prepare(body, raw)
     bound = await hold_bound(gw, owner.user_id, adapter, body, raw, model, price)
@@ -143,9 +158,8 @@ async def _serve(
     budget = budget_of(owner)
     try:
         held = await gw.holds.place(owner.user_id, request_id, hold_units, limit, budget)
-    except RedisError as exc:  # never serve unmetered
-        log.error("billing_store_unavailable", error=str(exc))
-        raise ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1) from exc
+    except RedisError as exc:
+        raise billing_store_unavailable(exc) from exc
     if held.rate_limited:
         raise ProxyError(
             429,
