@@ -17,12 +17,13 @@ from simulator.control import (
     require_list,
     require_str,
 )
-from simulator.errors import Provider, openai_error_body
+from simulator.errors import Provider, SimError, openai_error_body
 from simulator.sse import SseStream, interruption
 from simulator.state import default_delay_ms
 from simulator.tokens import Generation, chat_input_tokens, make_generation
 
 FINGERPRINT = "fp_sim"
+MAX_CHOICES = 128
 
 
 def chat_usage(gen: Generation, directives: Directives, choices: int = 1) -> dict[str, Any]:
@@ -142,6 +143,8 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         input_tokens = chat_input_tokens(body)
     gen = make_generation(directives.chunks, max_tokens, input_tokens)
     choices = optional_max_tokens(body, "n") or 1
+    if choices > MAX_CHOICES:  # as OpenAI: at most 128 choices
+        raise SimError(400, f"{choices} is greater than the maximum of {MAX_CHOICES} - 'n'")
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
     if body.get("stream") is True:

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from simulator.control import Directives, guard, optional_max_tokens, read_json_object, require_str
-from simulator.errors import Provider, openai_error_body
+from simulator.errors import Provider, SimError, openai_error_body
 from simulator.openai_embeddings import batch_inputs
 from simulator.sse import SseStream, interruption
 from simulator.state import default_delay_ms
@@ -42,6 +42,9 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
     max_tokens = optional_max_tokens(body, "max_tokens") or DEFAULT_MAX_TOKENS
     n = optional_max_tokens(body, "n") or 1
     best_of = max(optional_max_tokens(body, "best_of") or 1, n)
+    for name, value, most in (("n", n, 128), ("best_of", best_of, 20)):  # OpenAI's limits
+        if value > most:
+            raise SimError(400, f"{value} is greater than the maximum of {most} - '{name}'")
     prompt_tokens = directives.input_tokens if directives.input_tokens is not None else sum(counts)
     gen = make_generation(directives.chunks, max_tokens, prompt_tokens)
     choices = len(counts) * n  # returned: n per prompt, indexed prompt by prompt

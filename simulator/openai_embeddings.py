@@ -16,6 +16,9 @@ from simulator.tokens import count_from_chars
 DEFAULT_DIMENSIONS = 8
 
 
+MAX_BATCH = 2048
+
+
 def batch_inputs(value: Any, field: str) -> list[int]:
     """Tokens of each input of a batch field (`input` of embeddings, `prompt` of
     completions): a string, a list of strings, a token array or a list of them.
@@ -25,6 +28,8 @@ def batch_inputs(value: Any, field: str) -> list[int]:
     if isinstance(value, list) and value:
         if all(type(item) is int for item in value):
             return [len(value)]
+        if len(value) > MAX_BATCH:  # OpenAI takes at most 2048 inputs a request
+            raise SimError(400, f"'{field}' has more than {MAX_BATCH} items.")
         counts = []
         for item in value:
             if isinstance(item, str):
