@@ -29,6 +29,7 @@ from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.metrics import FIRST_BYTE
 from proxy.providers import Adapter, PreparedBody
 from proxy.providers.sse import StreamScanner
+from proxy.readiness import READINESS
 from proxy.state import Gateway
 from proxy.upstream import (
     ConnectTimeout,
@@ -387,6 +388,8 @@ class Relay:
         outcome = "completed"
         first = True
         try:
+            if self.request.app[READINESS].draining:  # its headers say so (proxy.middleware)
+                answer.force_close()
             await answer.prepare(self.request)
             async for chunk in response.iter_chunks():
                 out = scanner.feed(chunk)

@@ -13,18 +13,24 @@ import openai
 _OPEN: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = []
 
 
-def openai_client(proxy_url: str, key: str, **headers: str) -> openai.AsyncOpenAI:
+def openai_client(
+    proxy_url: str, key: str, *, max_retries: int = 0, **headers: str
+) -> openai.AsyncOpenAI:
     client = openai.AsyncOpenAI(
-        base_url=f"{proxy_url}/v1/openai", api_key=key, max_retries=0, default_headers=headers
-    )
+        base_url=f"{proxy_url}/v1/openai", api_key=key, max_retries=max_retries,
+        default_headers=headers,
+    )  # fmt: skip
     _OPEN.append(client)
     return client
 
 
-def anthropic_client(proxy_url: str, key: str, **headers: str) -> anthropic.AsyncAnthropic:
+def anthropic_client(
+    proxy_url: str, key: str, *, max_retries: int = 0, **headers: str
+) -> anthropic.AsyncAnthropic:
     client = anthropic.AsyncAnthropic(
-        base_url=f"{proxy_url}/v1/anthropic", api_key=key, max_retries=0, default_headers=headers
-    )
+        base_url=f"{proxy_url}/v1/anthropic", api_key=key, max_retries=max_retries,
+        default_headers=headers,
+    )  # fmt: skip
     _OPEN.append(client)
     return client
 

@@ -115,9 +115,13 @@ class Load:
 
     async def run(self, n: int) -> None:
         sim = {"x-sim-chunks": "12", "x-sim-delay-ms": "40"}
+        # clients retry as the SDKs do by default: a request sent on a kept-alive
+        # connection that a draining proxy closes at that moment is answered 502 by
+        # nginx, which retries no POST; it never reached the proxy, so a retry is
+        # billed once (the billing checks below would catch a double)
         oa, an = (
-            openai_client(self.url, self.key, **sim),
-            anthropic_client(self.url, self.key, **sim),
+            openai_client(self.url, self.key, max_retries=2, **sim),
+            anthropic_client(self.url, self.key, max_retries=2, **sim),
         )
         kinds = [lambda: self.openai_json(oa), lambda: self.openai_stream(oa)]
         kinds.append(lambda: self.anthropic_stream(an))
