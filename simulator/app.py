@@ -17,6 +17,8 @@ from simulator.errors import (
     error_response,
     provider_for_path,
 )
+from simulator.gemini_generate import handle_gemini_post
+from simulator.gemini_models import handle_gemini_model, handle_gemini_models
 from simulator.models import handle_anthropic_models, handle_openai_models
 from simulator.openai_chat import handle_chat_completions
 from simulator.openai_completions import handle_completions
@@ -60,8 +62,9 @@ def _latency_seconds(request: web.Request) -> float:
 
 async def _add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
     provider = provider_for_path(request.path)
-    if provider is not None and isinstance(request, web.Request):
-        response.headers[REQUEST_ID_HEADERS[provider]] = request_id(request)
+    header = REQUEST_ID_HEADERS.get(provider) if provider is not None else None
+    if header is not None and isinstance(request, web.Request):
+        response.headers[header] = request_id(request)
 
 
 def _json(data: object) -> web.Response:
@@ -98,6 +101,10 @@ def build_app(*, chunk_delay_ms: float = 0.0) -> web.Application:
     app.router.add_post("/anthropic/v1/messages/count_tokens", handle_count_tokens)
     app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
     app.router.add_get("/anthropic/v1/models", handle_anthropic_models)
+    gemini = "/gemini/{version:v1beta|v1}/models"
+    app.router.add_post(gemini + "/{target}", handle_gemini_post)
+    app.router.add_get(gemini, handle_gemini_models)
+    app.router.add_get(gemini + "/{model}", handle_gemini_model)
     app.router.add_get("/_sim/requests", _list_requests)
     app.router.add_delete("/_sim/requests", _clear_requests)
     app.router.add_get("/healthz", _healthz)
@@ -125,6 +132,7 @@ def run(host: str, port: int, *, chunk_delay_ms: float = 0.0) -> None:
         print(f"Meterway mock upstream listening on http://{host}:{port}", flush=True)
         print(f"  OpenAI base:    http://{host}:{port}/openai/v1", flush=True)
         print(f"  Anthropic base: http://{host}:{port}/anthropic", flush=True)
+        print(f"  Gemini base:    http://{host}:{port}/gemini", flush=True)
 
     web.run_app(
         build_app(chunk_delay_ms=chunk_delay_ms),

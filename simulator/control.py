@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.errors import NAMED_ERRORS, Provider, SimError
+from simulator.errors import (
+    GEMINI_KEY_ERRORS,
+    NAMED_ERRORS,
+    Provider,
+    SimError,
+    gemini_status_error,
+)
 
 DEFAULT_CHUNKS = 5
 MAX_RECORDED = 1000
@@ -31,6 +37,8 @@ class Directives:
     service_tier: str | None = None  # as the provider reports it (None: its default)
     web_searches: int = 0  # server-side web search calls the answer made
     error: str | None = None
+    thoughts_tokens: int = 0  # Gemini `thoughtsTokenCount` (thinking), within the cap
+    tool_use_tokens: int = 0  # Gemini `toolUsePromptTokenCount`
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -93,12 +101,25 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
         error=error,
         service_tier=headers.get("x-sim-service-tier") or None,
         web_searches=_int_header(headers, "x-sim-web-searches") or 0,
+        thoughts_tokens=_int_header(headers, "x-sim-thoughts-tokens") or 0,
+        tool_use_tokens=_int_header(headers, "x-sim-tool-use-tokens") or 0,
     )
 
 
 def _api_key(request: web.Request, provider: Provider) -> str | None:
+    """The key as each provider takes it: Anthropic `x-api-key`; Gemini `x-goog-api-key`
+    or `?key=`; then `Authorization: Bearer`; OpenAI also `api-key` (Azure OpenAI's v1
+    API style) when no Authorization header is present."""
     if provider is Provider.ANTHROPIC:
         key = request.headers.get("x-api-key")
+        if key:
+            return key
+    if provider is Provider.GEMINI:
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if key:
+            return key
+    if provider is Provider.OPENAI and "authorization" not in request.headers:
+        key = request.headers.get("api-key", "").strip()
         if key:
             return key
     auth = request.headers.get("authorization", "")
@@ -121,6 +142,9 @@ def check_auth(request: web.Request, provider: Provider) -> None:
     on every route, the models list included: `invalid` or `revoked` (401), `forbidden`
     (403, the key may do nothing), `ratelimited` (429), `broken` (500)."""
     key = _api_key(request, provider)
+    if provider is Provider.GEMINI:
+        _check_gemini_key(key)
+        return
     if key is None:
         if provider is Provider.ANTHROPIC:
             raise SimError(401, "x-api-key header is required")
@@ -141,6 +165,19 @@ def check_auth(request: web.Request, provider: Provider) -> None:
         raise SimError(500, "The server had an error while processing your request (simulated).")
 
 
+def _check_gemini_key(key: str | None) -> None:
+    """As Google answers: no key 403 PERMISSION_DENIED; a bad key 400 INVALID_ARGUMENT
+    with reason API_KEY_INVALID (`invalid`, `revoked`, `expired`)."""
+    if key is None:
+        kind = "missing"
+    elif "invalid" in key or "revoked" in key:
+        kind = "invalid"
+    else:
+        kind = next((k for k in ("expired", "forbidden", "ratelimited", "broken") if k in key), "")
+    if kind:
+        raise replace(GEMINI_KEY_ERRORS[kind])
+
+
 def guard(request: web.Request, provider: Provider) -> Directives:
     """Auth, then directives, then a forced x-sim-error or x-sim-status error."""
     check_auth(request, provider)
@@ -150,6 +187,8 @@ def guard(request: web.Request, provider: Provider) -> Directives:
     if directives.status is not None:
         if provider is Provider.ANTHROPIC and directives.status == 529:
             raise SimError(529, "Overloaded")
+        if provider is Provider.GEMINI:
+            raise gemini_status_error(directives.status)
         raise SimError(directives.status, f"Simulated error with status {directives.status}")
     return directives
 
@@ -211,6 +250,7 @@ class Recorder:
             {
                 "method": request.method,
                 "path": request.path,
+                "query": dict(request.query),
                 "headers": {str(k).lower(): v for k, v in request.headers.items()},
                 "body": body,
             }

@@ -10,12 +10,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from simulator import gemini_errors as g
+
 
 class Provider(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
 
 
+# Gemini sends no request-id header a client uses; its bodies carry `responseId`.
 REQUEST_ID_HEADERS: dict[Provider, str] = {
     Provider.OPENAI: "x-request-id",
     Provider.ANTHROPIC: "request-id",
@@ -44,12 +48,14 @@ _OPENAI_TYPES: dict[int, tuple[str, str | None]] = {
 @dataclass(slots=True)
 class SimError(Exception):
     """Raised by handlers; rendered by the middleware in the provider's error format.
-    `error_type` (and, for OpenAI, `code` with it) replaces the status's usual type."""
+    `error_type` (and, for OpenAI, `code` with it) replaces the status's usual type;
+    for Gemini it is the canonical `status` string and `details` Google's detail list."""
 
     status: int
     message: str
     error_type: str | None = None
     code: str | None = None
+    details: list[dict[str, Any]] | None = None
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"
@@ -60,6 +66,8 @@ def new_request_id() -> str:
 
 
 def provider_for_path(path: str) -> Provider | None:
+    if path.startswith("/gemini/"):
+        return Provider.GEMINI
     if path.startswith("/anthropic/") or path in ("/v1/messages", "/v1/messages/count_tokens"):
         return Provider.ANTHROPIC
     if path.startswith(("/openai/", "/v1/")):
@@ -102,6 +110,9 @@ NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
             "invalid_api_key",
         ),
         Provider.ANTHROPIC: SimError(401, "invalid x-api-key", "authentication_error"),
+        Provider.GEMINI: SimError(
+            400, g.KEY_NOT_VALID, "INVALID_ARGUMENT", None, g.key_invalid_details(g.KEY_NOT_VALID)
+        ),
     },
     # a permission for this request only (a model the project may not use)
     "permission": {
@@ -113,6 +124,7 @@ NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
             "Your API key does not have permission to use the specified resource.",
             "permission_error",
         ),
+        Provider.GEMINI: SimError(403, g.NO_PERMISSION, "PERMISSION_DENIED"),
     },
     # where the request comes from, not the key
     "region": {
@@ -123,6 +135,7 @@ NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
             "unsupported_country_region_territory",
         ),
         Provider.ANTHROPIC: SimError(403, "Request not allowed", "forbidden"),
+        Provider.GEMINI: SimError(400, g.LOCATION_UNSUPPORTED, "FAILED_PRECONDITION"),
     },
     # the key's rate limit
     "rate_limit": {
@@ -140,6 +153,17 @@ NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
             " per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits.",
             "rate_limit_error",
         ),
+        Provider.GEMINI: SimError(
+            429,
+            g.QUOTA_EXCEEDED,
+            "RESOURCE_EXHAUSTED",
+            None,
+            g.quota_details(
+                "GenerateRequestsPerMinutePerProjectPerModel",
+                "generate_content_requests",
+                "gemini-2.5-flash",
+            ),
+        ),
     },
     # the request alone is beyond a limit (OpenAI says so with a rate-limit code)
     "request_too_large": {
@@ -154,6 +178,12 @@ NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
         ),
         Provider.ANTHROPIC: SimError(
             413, "Request exceeds the maximum allowed number of bytes.", "request_too_large"
+        ),
+        Provider.GEMINI: SimError(
+            400,
+            "The input token count (1200000) exceeds the maximum number of tokens allowed"
+            " (1048576).",
+            "INVALID_ARGUMENT",
         ),
     },
     # the key's account is out of credit
@@ -172,16 +202,50 @@ NAMED_ERRORS: dict[str, dict[Provider, SimError]] = {
             " Plans & Billing to upgrade or purchase credits.",
             "invalid_request_error",
         ),
+        Provider.GEMINI: SimError(
+            429,
+            g.QUOTA_EXCEEDED,
+            "RESOURCE_EXHAUSTED",
+            None,
+            g.quota_details(
+                "GenerateContentInputTokensPerModelPerDay-FreeTier",
+                "generate_content_free_tier_input_token_count",
+                "gemini-2.5-flash",
+            ),
+        ),
     },
 }
 
 
+# Gemini key checks (simulator.control.check_auth): what Google answers for each case.
+GEMINI_KEY_ERRORS: dict[str, SimError] = {
+    "missing": SimError(403, g.UNREGISTERED_CALLER, "PERMISSION_DENIED"),
+    "invalid": NAMED_ERRORS["invalid_api_key"][Provider.GEMINI],
+    "expired": SimError(
+        400, g.KEY_EXPIRED, "INVALID_ARGUMENT", None, g.key_invalid_details(g.KEY_EXPIRED)
+    ),
+    "forbidden": NAMED_ERRORS["permission"][Provider.GEMINI],
+    "ratelimited": NAMED_ERRORS["rate_limit"][Provider.GEMINI],
+    "broken": SimError(500, g.GOOGLE_MESSAGES[500], "INTERNAL"),
+}
+
+
+def gemini_status_error(status: int) -> SimError:
+    """`x-sim-status` on a Gemini route: Google's own words where the status is common."""
+    message = g.GOOGLE_MESSAGES.get(status, f"Simulated error with status {status}")
+    return SimError(status, message, g.google_status(status))
+
+
 def error_response(provider: Provider, err: SimError, request_id: str) -> web.Response:
-    if provider is Provider.ANTHROPIC:
+    headers: dict[str, str] | None = None
+    if provider is Provider.GEMINI:  # Google sends no retry-after; RetryInfo says when
+        body = g.gemini_error_body(err.status, err.message, err.error_type, err.details)
+    elif provider is Provider.ANTHROPIC:
         body = anthropic_error_body(err.status, err.message, request_id, err.error_type)
     else:
         body = openai_error_body(err.status, err.message, err.error_type, err.code)
-    headers = {"retry-after": "1"} if err.status == 429 else None
+    if err.status == 429 and provider is not Provider.GEMINI:
+        headers = {"retry-after": "1"}
     return web.Response(
         status=err.status,
         body=orjson.dumps(body),
