@@ -21,10 +21,10 @@ from dashboard.common import (
     current_user,
     field,
     flash_redirect,
-    fmt_usd,
     has_control,
     int_param,
     log,
+    money_text,
     parse_amount,
     parse_multiplier,
     query_text,
@@ -134,7 +134,7 @@ async def user_credit(request: web.Request) -> web.StreamResponse:
         return await _detail(request, target, error=str(exc), status=400)
     if amount < 0:  # a debit takes money away: confirm it first
         _, page = confirmed(
-            request, form, title=f"Debit {fmt_usd(-amount)} USD from {target.email}?",
+            request, form, title=f"Debit {money_text(-amount)} from {target.email}?",
             message=f"The balance goes down by {usd_str(-amount)} USD. Reason: {reason}",
             button="Debit", back=f"/admin/users/{target.id}",
         )  # fmt: skip

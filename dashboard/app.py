@@ -18,6 +18,7 @@ from dashboard import (
     auth_views,
     billing,
     payments,
+    prices,
     user_views,
 )
 from dashboard.common import STATE, State, headers_middleware, session_middleware
@@ -45,6 +46,7 @@ def _routes(app: web.Application) -> None:
     r.add_post("/keys/{key_id}/controls", user_views.key_controls_save)
     r.add_get("/usage", user_views.usage)
     r.add_get("/usage.csv", user_views.usage_csv)
+    r.add_get("/prices", prices.prices_page)
     r.add_get("/settings", user_views.settings_page)
     r.add_post("/settings", user_views.settings_save)
     r.add_get("/admin/users", admin_users.users_list)

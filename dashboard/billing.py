@@ -127,6 +127,13 @@ async def redeem(request: web.Request) -> web.StreamResponse:
         result = await Redeemer(st.pg, st.redis, st.view).redeem(user.id, code)
     except RedeemRefused as exc:
         return await _billing_page(request, user, error=exc.message + ".", status=exc.status)
+    async with st.pg.acquire() as conn:  # the user's own action, in the audit log (no code)
+        source = await conn.fetchval(
+            "SELECT external_id FROM ledger WHERE user_id = $1 AND external_id LIKE 'code:%'"
+            " ORDER BY id DESC LIMIT 1", user.id)  # fmt: skip
+        await audit.record(conn, user.email, "code.redeem", source or f"user:{user.email}",
+                           None, {"user": user.email, "credited_usd": result.credited_usd,
+                                  "balance_usd": result.balance_usd})  # fmt: skip
     await flash_redirect(request, "/billing", f"Code redeemed: {usd_str(result.credited_usd)}"
                          f" USD credited; balance {usd_str(result.balance_usd)} USD.")  # fmt: skip
 

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from markupsafe import Markup
 from redis.asyncio import Redis
+from yarl import URL
 
 from dashboard.sessions import (
     ANON_TTL,
@@ -175,10 +176,26 @@ def render(
 ) -> web.Response:
     session: Session | None = request.get(SESSION_KEY)
     base = {"user": request.get(USER_KEY), "csrf": session.csrf if session else "",
-            "path": request.path, "usd": fmt_usd, "money": money_html,
+            "path": request.path, "money": money_html,
             "cost": lambda v: money_html(v, cost=True), "tokens": tokens,
-            "exact": usd_str, "paused_providers": request.get(PAUSED_KEY, [])}  # fmt: skip
+            "exact": usd_str, "paused_providers": request.get(PAUSED_KEY, []),
+            "docs_url": docs_url(request)}  # fmt: skip
     return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+
+
+def docs_url(request: web.Request) -> str:
+    """The proxy's developer docs: `PUBLIC_PROXY_URL` when set (the proxy on
+    another host), else this host on the proxy's port."""
+    settings = state(request).settings
+    configured = (getattr(settings, "public_proxy_url", None) or "").strip().rstrip("/")
+    if configured:
+        return configured + "/docs"
+    try:
+        host = URL(f"http://{request.host}").raw_host or "localhost"
+    except ValueError:
+        host = "localhost"
+    scheme = "https" if is_https(request) else "http"
+    return str(URL.build(scheme=scheme, host=host, port=settings.proxy_port, path="/docs"))
 
 
 def current_user(request: web.Request) -> users.User:
@@ -218,14 +235,6 @@ async def flash_redirect(request: web.Request, location: str, message: str) -> N
 
 async def take_flash(request: web.Request) -> str | None:
     return await state(request).sessions.pop_flash(request[SESSION_KEY])
-
-
-def fmt_usd(value: Decimal | None, places: int | None = None) -> str:
-    if value is None:
-        return "-"
-    if places is not None and not 0 < abs(value) < Decimal("0.01"):
-        return f"{value:,.{places}f}"
-    return usd_str(value)
 
 
 class FormError(ValueError):

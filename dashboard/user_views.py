@@ -9,12 +9,13 @@ import csv
 import io
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import date
 
 from aiohttp import web
 
 from dashboard import key_controls
-from dashboard.chart import spend_chart
+from dashboard.chart import share_chart, spend_chart
 from dashboard.common import (
     FormError,
     confirmed,
@@ -31,7 +32,7 @@ from dashboard.common import (
     take_flash,
 )
 from shared import daily, invalidation, redis_keys
-from shared.db import api_keys, users
+from shared.db import api_keys, audit, users
 from shared.db import dashboard as q
 from shared.db import usage as db_usage
 from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
@@ -84,8 +85,11 @@ async def key_create(request: web.Request) -> web.StreamResponse:
     ):  # the same form sent again (a reload): no second key
         return await _keys_page(request, error="That key was already created and shown once.")
     secret = new_proxy_key()
-    await api_keys.create(state(request).pg, user.id, hash_proxy_key(secret),
-                          visible_prefix(secret), name=name, **controls)  # fmt: skip
+    async with state(request).pg.acquire() as conn, conn.transaction():
+        key = await api_keys.create(conn, user.id, hash_proxy_key(secret),
+                                    visible_prefix(secret), name=name, **controls)  # fmt: skip
+        await audit.record(conn, user.email, "key.create", f"key:{key.id}", None,
+                           {**audit.key_fields(key), "user": user.email})  # fmt: skip
     # Shown in this response only; never stored or shown again.
     return await _keys_page(request, new_key=secret)
 
@@ -97,17 +101,25 @@ async def key_revoke(request: web.Request) -> web.StreamResponse:
     key = await api_keys.get(st.pg, int_param(request, "key_id"))
     if key is None or key.user_id != user.id:
         raise web.HTTPNotFound()
-    if key.revoked_at is None:
-        _, page = confirmed(
-            request, await request.post(), title=f"Revoke key {key.name} ({key.prefix}…)?",
-            message="Every request with this key gets 401 from now on; this cannot be undone.",
-            button="Revoke key", back="/keys", reason_required=False,
-        )  # fmt: skip
-        if page is not None:
-            return page
+    if key.revoked_at is not None:
+        await flash_redirect(
+            request, "/keys", f"Key {key.name} ({key.prefix}…) was revoked already."
+        )
+    reason, page = confirmed(
+        request, await request.post(), title=f"Revoke key {key.name} ({key.prefix}…)?",
+        message="Every request with this key gets 401 from now on; this cannot be undone.",
+        button="Revoke key", back="/keys", reason_required=False,
+    )  # fmt: skip
+    if page is not None:
+        return page
     key_hash = await api_keys.hash_of(st.pg, key.id)
     assert key_hash is not None
-    await api_keys.revoke_by_hash(st.pg, key_hash)
+    async with st.pg.acquire() as conn, conn.transaction():
+        await api_keys.revoke_by_hash(conn, key_hash)
+        after = await api_keys.get(conn, key.id)
+        await audit.record(conn, user.email, "key.revoke", f"key:{key.id}",
+                           {**audit.key_fields(key), "user": user.email},
+                           {**audit.key_fields(after), "user": user.email}, reason)  # fmt: skip
     await st.notify(invalidation.key_message(key_hash))
     await flash_redirect(request, "/keys", f"Key {key.name} ({key.prefix}…) revoked.")
 
@@ -128,24 +140,57 @@ async def key_controls_save(request: web.Request) -> web.StreamResponse:
         )
     except FormError as exc:
         return await _keys_page(request, error=str(exc), status=400)
-    await key_controls.apply(request, key, changes)
+    await key_controls.apply(request, key, changes, actor=user.email)
     await flash_redirect(request, "/keys", f"Limits of {key.name} ({key.prefix}…) saved.")
 
 
-def _filters(request: web.Request) -> tuple[date | None, str | None, str | None]:
+def _parse_day(text: str) -> date:
+    if not _DAY.fullmatch(text):
+        raise ValueError(text)
+    day = date.fromisoformat(text)
+    if not 1 <= day.year <= 9998:  # a day with a next day (the query's end)
+        raise ValueError(text)
+    return day
+
+
+@dataclass(slots=True)
+class Filters:
+    start: date | None = None
+    end: date | None = None
+    model: str | None = None
+    key_id: int | None = None
+    error: str | None = None
+
+    def query(self) -> dict[str, str]:
+        """The filter as query parameters (for links: paging, CSV, breakdown rows)."""
+        q = {"from": self.start.isoformat() if self.start else "",
+             "to": self.end.isoformat() if self.end else "", "model": self.model or "",
+             "key": str(self.key_id) if self.key_id is not None else ""}  # fmt: skip
+        return {k: v for k, v in q.items() if v}
+
+
+def _filters(request: web.Request) -> Filters:
+    """From/to days (or `day`, both at once), a model and an API key id."""
+    f = Filters(model=query_text(request, "model", 200).strip() or None)
+    key_text = query_text(request, "key", 20).strip()
+    if key_text:
+        if key_text.isascii() and key_text.isdigit() and len(key_text) <= 18:
+            f.key_id = int(key_text)
+        else:
+            f.error = "Choose a key from the list."
     day_text = query_text(request, "day", 40).strip()
-    model = query_text(request, "model", 200).strip() or None
-    day = None
-    if day_text:
-        try:
-            if not _DAY.fullmatch(day_text):
-                raise ValueError(day_text)
-            day = date.fromisoformat(day_text)
-            if not 1 <= day.year <= 9998:  # a day with a next day (the query's end)
-                raise ValueError(day_text)
-        except ValueError:
-            return None, model, "The day must look like 2026-01-31."
-    return day, model, None
+    texts = (
+        (day_text, day_text)
+        if day_text
+        else (query_text(request, "from", 40).strip(), query_text(request, "to", 40).strip())
+    )
+    try:
+        f.start = _parse_day(texts[0]) if texts[0] else None
+        f.end = _parse_day(texts[1]) if texts[1] else None
+    except ValueError:
+        f.start = f.end = None
+        f.error = "The day must look like 2026-01-31."
+    return f
 
 
 def _page(request: web.Request) -> int:
@@ -154,31 +199,47 @@ def _page(request: web.Request) -> int:
     return min(MAX_PAGE, max(1, int(text))) if _PAGE.fullmatch(text) else 1
 
 
+def _key_label(name: str | None, prefix: str | None, key_id: int | None) -> str:
+    if key_id is None:
+        return "(no key)"
+    return f"{name or '(unnamed)'} ({prefix}…)" if prefix else f"key {key_id} (deleted)"
+
+
 @login_required
 async def usage(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     st = state(request)
-    day, model, error = _filters(request)
+    f = _filters(request)
     page = _page(request)
-    rows, total = await q.usage_page(st.pg, user.id, day=day, model=model, limit=PAGE_SIZE,
-                                     offset=(page - 1) * PAGE_SIZE)  # fmt: skip
+    scope = {"start": f.start, "end": f.end, "model": f.model, "key_id": f.key_id}
+    rows, total = await q.usage_page(st.pg, user.id, limit=PAGE_SIZE,
+                                     offset=(page - 1) * PAGE_SIZE, **scope)  # fmt: skip
     if page > max(1, -(-total // PAGE_SIZE)):  # past the end: show the last page
         page = max(1, -(-total // PAGE_SIZE))
-        rows, total = await q.usage_page(st.pg, user.id, day=day, model=model, limit=PAGE_SIZE,
-                                         offset=(page - 1) * PAGE_SIZE)  # fmt: skip
+        rows, total = await q.usage_page(st.pg, user.id, limit=PAGE_SIZE,
+                                         offset=(page - 1) * PAGE_SIZE, **scope)  # fmt: skip
+    by_model, by_key = await q.usage_breakdown(st.pg, user.id, **scope)
     held = units_to_usd(await st.view.held_units(user.id))
     fresh = await users.by_id(st.pg, user.id)
     assert fresh is not None
-    today = daily.today()
-    points = await q.daily_spend(st.pg, user.id, 30, today)
+    points = await q.daily_spend(st.pg, user.id, 30, daily.today(), model=f.model,
+                                 key_id=f.key_id)  # fmt: skip
+    keys = await api_keys.list_for_user(st.pg, user.id)
+    key_rows = [{**dict(r), "label": _key_label(r["key_name"], r["key_prefix"], r["api_key_id"])}
+                for r in by_key]  # fmt: skip
     return render(request, "usage.html", {
         "title": "Usage", "rows": rows, "total": total, "page": page,
-        "pages": max(1, -(-total // PAGE_SIZE)), "day": day.isoformat() if day else "",
-        "model": model or "", "models": await q.usage_models(st.pg, user.id), "error": error,
+        "pages": max(1, -(-total // PAGE_SIZE)), "f": f, "query": f.query(),
+        "day": f.start.isoformat() if f.start and f.start == f.end else "",
+        "model": f.model or "", "models": await q.usage_models(st.pg, user.id),
+        "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.name, k.id)),
+        "error": f.error, "by_model": by_model, "by_key": key_rows,
+        "model_chart": share_chart([(r["model"], r["spend"]) for r in by_model[:12]], "model"),
+        "key_chart": share_chart([(r["label"], r["spend"]) for r in key_rows[:12]], "key"),
         "balance": fresh.balance_usd, "held": held, "available": fresh.balance_usd - held,
         "spend_today": await _spend_today(request, user.id), "chart": spend_chart(points),
         "month_total": sum((v for _, v in points)),
-    }, status=400 if error else 200)  # fmt: skip
+    }, status=400 if f.error else 200)  # fmt: skip
 
 
 async def _spend_today(request: web.Request, user_id: int):
@@ -189,7 +250,8 @@ async def _spend_today(request: web.Request, user_id: int):
     return await db_usage.spend_since(st.pg, user_id, db_usage.start_of_utc_day())
 
 
-CSV_FIELDS = ["request_id", "created_at", "provider", "model", "endpoint", "stream",
+CSV_FIELDS = ["request_id", "created_at", "api_key_id", "api_key_name", "provider", "model",
+              "endpoint", "stream",
               "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
               "cost_usd", "estimated", "status"]  # fmt: skip
 
@@ -197,22 +259,25 @@ CSV_FIELDS = ["request_id", "created_at", "provider", "model", "endpoint", "stre
 @login_required
 async def usage_csv(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
-    day, model, error = _filters(request)
-    if error:
-        raise web.HTTPBadRequest(text=error)
-    rows, _ = await q.usage_page(state(request).pg, user.id, day=day, model=model,
-                                 limit=CSV_LIMIT, offset=0)  # fmt: skip
+    f = _filters(request)
+    if f.error:
+        raise web.HTTPBadRequest(text=f.error)
+    rows, _ = await q.usage_page(state(request).pg, user.id, start=f.start, end=f.end,
+                                 model=f.model, key_id=f.key_id, limit=CSV_LIMIT,
+                                 offset=0)  # fmt: skip
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for r in rows:
         writer.writerow([
-            r["request_id"], r["created_at"].isoformat(), r["provider"], r["model"],
+            r["request_id"], r["created_at"].isoformat(), r["api_key_id"] or "",
+            r["key_name"] or "", r["provider"], r["model"],
             r["endpoint"], str(r["stream"]).lower(), r["input_tokens"], r["output_tokens"],
             r["cache_read_tokens"], r["cache_write_tokens"], usd_str(r["cost_usd"]),
             str(r["estimated"]).lower(), r["status"],
         ])  # fmt: skip
-    name = f"meterway-usage-{day.isoformat() if day else 'all'}.csv"
+    span = "-".join(d.isoformat() for d in dict.fromkeys(x for x in (f.start, f.end) if x))
+    name = f"meterway-usage-{span or 'all'}.csv"
     return web.Response(
         text=out.getvalue(), content_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
@@ -244,6 +309,12 @@ async def settings_save(request: web.Request) -> web.StreamResponse:
     except FormError as exc:
         return render(request, "settings.html", {"title": "Alerts", "error": str(exc),
                       **_session_facts(request)}, status=400)  # fmt: skip
-    await users.update(st.pg, user.id, **fields)
+    before = audit.user_fields(user, fields)
+    changed = {k: v for k, v in fields.items() if before[k] != v}
+    async with st.pg.acquire() as conn, conn.transaction():
+        await users.update(conn, user.id, **fields)
+        if changed:  # the user's own change, with the user as the actor
+            await audit.record(conn, user.email, "user.set", f"user:{user.email}",
+                               {k: before[k] for k in changed}, changed)  # fmt: skip
     await st.notify(invalidation.user_message(user.id))
     await flash_redirect(request, "/settings", "Alert settings saved.")

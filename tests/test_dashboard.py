@@ -234,7 +234,7 @@ async def test_balance_held_and_alert_settings(pg, redis, browser: Browser):
     try:
         await browser.login(user)
         _, text, _ = await browser.get("/usage")
-        assert "$12.5000" in text and "$0.2500" in text and "$12.2500" in text
+        assert "$12.50" in text and "$0.25" in text and "$12.25" in text
     finally:
         await view.release(user.id, "req-held")
 

@@ -123,7 +123,7 @@ async def test_operator_tops_up_and_debits_with_a_reason(pg, redis, browser: Bro
     units = await redis.hget(redis_keys.balance(user.id), "units")
     assert int(units) == units_floor(Decimal(7))
     _, text, _ = await browser.get(f"/admin/users/{user.id}")
-    assert "$7.0000" in text and "invoice 42" in text
+    assert "$7.00" in text and "invoice 42" in text
 
     for form in (
         {"amount_usd": "3", "reason": ""},

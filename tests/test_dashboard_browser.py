@@ -190,7 +190,7 @@ async def test_operator_tops_up_pauses_and_resumes(
         await page.fill("input[name=amount_usd]", "5")
         await page.fill("input[name=reason]", "browser top-up")
         await page.click("button:has-text('Change balance')")
-        await page.wait_for_selector("#balance:has-text('$6.0000')")
+        await page.wait_for_selector("#balance:has-text('$6.00')")
         note = await pg.fetchval(
             "SELECT note FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 1", target.id
         )

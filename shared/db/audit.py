@@ -39,6 +39,9 @@ ACTIONS = {
     "provider.resume": "Provider resumed",
     "provider.thresholds": "Provider thresholds changed",
     "code.create": "Codes created",
+    "code.redeem": "Code redeemed",
+    "provider.add": "Provider added",
+    "provider.remove": "Provider removed",
     "reconcile.run": "Reconcile run",
 }
 

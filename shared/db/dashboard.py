@@ -9,11 +9,6 @@ import asyncpg
 
 from shared.db.users import Conn, normalize_email
 
-_USAGE_COLUMNS = (
-    "request_id, created_at, provider, model, endpoint, stream, input_tokens, output_tokens,"
-    " cache_read_tokens, cache_write_tokens, cost_usd, estimated, status"
-)
-
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, time.min, tzinfo=UTC)
@@ -40,34 +35,74 @@ async def set_password_hash(conn: Conn, user_id: int, password_hash: str) -> boo
 # --- usage -----------------------------------------------------------------------------------
 
 
-def _usage_filter(user_id: int, day: date | None, model: str | None) -> tuple[str, list]:
-    clauses = ["user_id = $1"]
+def _usage_filter(
+    user_id: int, start: date | None, end: date | None, model: str | None,
+    key_id: int | None = None,
+) -> tuple[str, list]:  # fmt: skip
+    """A user's records from day `start` to day `end` (both included, UTC)."""
+    clauses = ["r.user_id = $1"]
     args: list = [user_id]
-    if day is not None:
-        start, end = day_bounds(day)
-        args += [start, end]
-        clauses.append(f"created_at >= ${len(args) - 1} AND created_at < ${len(args)}")
+    if start is not None:
+        args.append(day_bounds(start)[0])
+        clauses.append(f"r.created_at >= ${len(args)}")
+    if end is not None:
+        args.append(day_bounds(end)[1])
+        clauses.append(f"r.created_at < ${len(args)}")
     if model:
         args.append(model)
-        clauses.append(f"model = ${len(args)}")
+        clauses.append(f"r.model = ${len(args)}")
+    if key_id is not None:
+        args.append(key_id)
+        clauses.append(f"r.api_key_id = ${len(args)}")
     return " AND ".join(clauses), args
 
 
+_OWN_COLUMNS = (
+    "r.request_id, r.created_at, r.provider, r.model, r.endpoint, r.stream, r.input_tokens,"
+    " r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.cost_usd, r.estimated,"
+    " r.status, r.api_key_id, k.name AS key_name, k.prefix AS key_prefix"
+)
+_OWN_FROM = " FROM usage_records r LEFT JOIN api_keys k ON k.id = r.api_key_id"
+
+
 async def usage_page(
-    conn: Conn, user_id: int, *, day: date | None, model: str | None, limit: int, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """One page of a user's usage records, newest first, and the total count."""
-    where, args = _usage_filter(user_id, day, model)
+    conn: Conn, user_id: int, *, day: date | None = None, model: str | None = None,
+    limit: int, offset: int, start: date | None = None, end: date | None = None,
+    key_id: int | None = None,
+) -> tuple[list[asyncpg.Record], int]:  # fmt: skip
+    """One page of a user's usage records (with the key's name), newest first,
+    and the total count. `day` is start = end = day."""
+    if day is not None:
+        start = end = day
+    where, args = _usage_filter(user_id, start, end, model, key_id)
     n = len(args)
     rows = await conn.fetch(
-        f"SELECT {_USAGE_COLUMNS} FROM usage_records WHERE {where}"
-        f" ORDER BY created_at DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        f"SELECT {_OWN_COLUMNS}{_OWN_FROM} WHERE {where}"
+        f" ORDER BY r.created_at DESC, r.id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
         *args,
         limit,
         offset,
     )
-    total = await conn.fetchval(f"SELECT count(*) FROM usage_records WHERE {where}", *args)
+    total = await conn.fetchval(f"SELECT count(*) FROM usage_records r WHERE {where}", *args)
     return rows, int(total)
+
+
+async def usage_breakdown(
+    conn: Conn, user_id: int, *, start: date | None, end: date | None, model: str | None,
+    key_id: int | None,
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:  # fmt: skip
+    """Requests, tokens and exact spend per model and per API key over the
+    filter, biggest spend first, in one query (grouping sets)."""
+    where, args = _usage_filter(user_id, start, end, model, key_id)
+    rows = await conn.fetch(
+        "SELECT GROUPING(r.model) AS by_key, r.model, r.api_key_id, min(k.name) AS key_name,"
+        " min(k.prefix) AS key_prefix, count(*) AS requests, SUM(r.cost_usd) AS spend,"
+        " SUM(r.input_tokens) AS input_tokens, SUM(r.output_tokens) AS output_tokens"
+        f"{_OWN_FROM} WHERE {where}"
+        " GROUP BY GROUPING SETS ((r.model), (r.api_key_id)) ORDER BY spend DESC, 2, 3",
+        *args,
+    )
+    return [r for r in rows if not r["by_key"]], [r for r in rows if r["by_key"]]
 
 
 async def usage_models(conn: Conn, user_id: int) -> list[str]:
@@ -78,15 +113,17 @@ async def usage_models(conn: Conn, user_id: int) -> list[str]:
 
 
 async def daily_spend(
-    conn: Conn, user_id: int, days: int, today: date
-) -> list[tuple[date, Decimal]]:
-    """Spend per UTC day (by request time) for the `days` days ending today, zeros included."""
+    conn: Conn, user_id: int, days: int, today: date, *, model: str | None = None,
+    key_id: int | None = None,
+) -> list[tuple[date, Decimal]]:  # fmt: skip
+    """Spend per UTC day (by request time) for the `days` days ending today,
+    zeros included; of one model or key where given."""
     first = today - timedelta(days=days - 1)
+    where, args = _usage_filter(user_id, first, None, model, key_id)
     rows = await conn.fetch(
-        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, SUM(cost_usd) AS spend"
-        " FROM usage_records WHERE user_id = $1 AND created_at >= $2 GROUP BY 1",
-        user_id,
-        day_bounds(first)[0],
+        "SELECT (r.created_at AT TIME ZONE 'UTC')::date AS day, SUM(r.cost_usd) AS spend"
+        f" FROM usage_records r WHERE {where} GROUP BY 1",
+        *args,
     )
     by_day = {r["day"]: Decimal(r["spend"]) for r in rows}
     return [(d, by_day.get(d, Decimal(0))) for d in (first + timedelta(i) for i in range(days))]
