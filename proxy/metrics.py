@@ -1,9 +1,10 @@
-"""The proxy's Prometheus metrics (contract section 9), through prometheus_client.
+"""The proxy's Prometheus metrics (contract section 9), exposed through prometheus_client.
 
-One `Metrics` per proxy process, over a registry passed in (its own by
-default), so a multiprocess collector can take over for `serve --workers N`
-without touching the callers. The hot path calls label children cached here
-(`labels()` once per label set), never the registry.
+The hot path never touches prometheus_client: one `Metrics` per proxy process
+keeps plain accumulators (a dict of counts per label set, a fixed array of
+bucket counts and a sum per histogram series), updated without locks, since
+a proxy process is one asyncio thread. A `Collector` turns them into metric
+families when `/metrics` is scraped.
 
 Families: `meterway_requests_total{provider,endpoint,status}`,
 `meterway_request_duration_seconds` and `meterway_time_to_first_byte_seconds`
@@ -20,24 +21,26 @@ cache_read; cache_write; output), and the counters kept from before:
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections.abc import Iterator
 from time import perf_counter
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
 
+from proxy.metrics_shared import SharedFiles
 from proxy.providers import ADAPTERS
 
-disable_created_metrics()  # no `_created` series beside every counter and histogram
+disable_created_metrics()  # as before: no `_created` series beside every counter and histogram
 
 # LLM latencies: a cached answer in milliseconds, a long generation in minutes
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -97,104 +100,196 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+class Family:
+    """One metric family's accumulators: label values (a tuple) -> a count, or
+    for a histogram a row of per-bucket counts (not cumulative; the last bucket
+    is +Inf) followed by the sum of the observed values."""
+
+    __slots__ = ("bounds", "help", "kind", "labelnames", "name", "slots", "values")
+
+    def __init__(
+        self, name: str, kind: str, help_text: str, labelnames: tuple[str, ...], bounds=()
+    ) -> None:
+        self.name = name  # as prometheus_client names it: a counter's without `_total`
+        self.kind = kind
+        self.help = help_text
+        self.labelnames = labelnames
+        self.bounds = tuple(float(b) for b in bounds)
+        self.values: dict[tuple, object] = {(): 0} if kind != "histogram" and not labelnames else {}
+        self.slots: dict[tuple, object] = {}  # with `serve --workers N`: the file positions
+
+    def metric(self) -> Metric:
+        labels = list(self.labelnames)
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.help, labels=labels)
+            for key, value in self.values.items():
+                family.add_metric([str(v) for v in key], value)
+        elif self.kind == "gauge":
+            family = GaugeMetricFamily(self.name, self.help, labels=labels)
+            for key, value in self.values.items():
+                family.add_metric([str(v) for v in key], value)
+        else:
+            family = HistogramMetricFamily(self.name, self.help, labels=labels)
+            bounds = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+            for key, row in self.values.items():
+                buckets, total = [], 0
+                for le, n in zip(bounds, row[:-1], strict=True):
+                    total += n
+                    buckets.append((le, total))
+                family.add_metric([str(v) for v in key], buckets, row[-1])
+        return family
+
+
+class InFlight:
+    """`meterway_in_flight_requests`: the middleware's `inc()`/`dec()`."""
+
+    __slots__ = ("family", "shared")
+
+    def __init__(self, family: Family, shared: SharedFiles | None) -> None:
+        self.family = family
+        self.shared = shared
+
+    def inc(self) -> None:
+        values = self.family.values
+        value = values[()] = values[()] + 1
+        if self.shared is not None:
+            self.shared.write(self.family, (), 0, value)
+
+    def dec(self) -> None:
+        values = self.family.values
+        value = values[()] = values[()] - 1
+        if self.shared is not None:
+            self.shared.write(self.family, (), 0, value)
+
+
 class Metrics:
-    """With `PROMETHEUS_MULTIPROC_DIR` set (`serve --workers N` sets it to a fresh
-    directory for its processes), every process writes its values to files
-    there and `render` sums the files of all processes: whichever process
-    answers a scrape shows the whole. `meterway_in_flight_requests` then adds
-    up the live processes' values (`livesum`)."""
+    """This process's metrics. With `PROMETHEUS_MULTIPROC_DIR` set (`serve
+    --workers N` sets it to a fresh directory for its processes), every update
+    is also written, lock-free, to this process's files there in
+    prometheus_client's multiprocess format (`proxy.metrics_shared`), and
+    `render` sums the files of all processes: whichever process answers a
+    scrape shows the whole. `meterway_in_flight_requests` then adds up the live
+    processes' values (`livesum`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if registry is None else None
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.shown = r
-        if registry is None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        self.shown = self.registry
+        self.shared: SharedFiles | None = None
+        if directory:
+            self.shared = SharedFiles(directory, os.getpid())
             self.shown = CollectorRegistry()
-            MultiProcessCollector(self.shown)
-        self._counters: dict[str, Counter] = {
-            name: Counter(name.removesuffix("_total"), help_text, labels, registry=r)
+            MultiProcessCollector(self.shown, directory)
+        self._counters = {
+            name: Family(name.removesuffix("_total"), "counter", help_text, labels)
             for name, (help_text, labels) in _COUNTERS.items()
         }
-        self.requests = Counter(
+        self.requests = Family(
             "meterway_requests",
+            "counter",
             "Requests answered on /v1, by provider, endpoint and status.",
             ("provider", "endpoint", "status"),
-            registry=r,
         )
-        self.duration = Histogram(
+        self.duration = Family(
             "meterway_request_duration_seconds",
+            "histogram",
             "Time from a /v1 request's arrival to its answer's end.",
             ("provider", "endpoint"),
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.ttfb = Histogram(
+        self.ttfb = Family(
             "meterway_time_to_first_byte_seconds",
+            "histogram",
             "Time from a /v1 request's arrival to the first body byte sent.",
             ("provider", "endpoint"),
-            buckets=TTFB_BUCKETS,
-            registry=r,
+            TTFB_BUCKETS,
         )
-        self.upstream = Histogram(
+        self.upstream = Family(
             "meterway_upstream_duration_seconds",
+            "histogram",
             "Time of one upstream attempt, to its answer's headers or its failure.",
             ("provider", "endpoint"),
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.in_flight = Gauge(
-            "meterway_in_flight_requests",
-            "/v1 requests being answered now.",
-            registry=r,
-            multiprocess_mode="livesum",
+        in_flight = Family(
+            "meterway_in_flight_requests", "gauge", "/v1 requests being answered now.", ()
         )
-        self.tokens = Counter(
+        self.in_flight = InFlight(in_flight, self.shared)
+        self.tokens = Family(
             "meterway_tokens",
+            "counter",
             "Tokens of billed requests, by provider, model and kind.",
             ("provider", "model", "kind"),
-            registry=r,
         )
-        self._children: dict[tuple, Any] = {}
+        self.families = [
+            *self._counters.values(),
+            self.requests,
+            self.duration,
+            self.ttfb,
+            self.upstream,
+            in_flight,
+            self.tokens,
+        ]
+        if self.shared is not None:  # the unlabelled series show 0 from the start
+            for family in self.families:
+                if () in family.values:
+                    self.shared.write(family, (), 0, 0)
+        self.registry.register(self)
 
-    # the hot path: cached children, one dict lookup each
+    # the hot path: a dict update or two per observation, and no lock
 
-    def _child(self, metric, key: tuple) -> Any:
-        child = self._children.get((id(metric), key))
-        if child is None:
-            child = self._children[(id(metric), key)] = metric.labels(*key)
-        return child
+    def _count(self, family: Family, key: tuple, amount: int) -> None:
+        values = family.values
+        value = values[key] = values.get(key, 0) + amount
+        if self.shared is not None:
+            self.shared.write(family, key, 0, value)
+
+    def _observe(self, family: Family, key: tuple, seconds: float) -> None:
+        row = family.values.get(key)
+        if row is None:
+            row = family.values[key] = [0] * (len(family.bounds) + 2)
+        i = bisect_left(family.bounds, seconds)  # the first bucket with seconds <= le
+        row[i] += 1
+        row[-1] += seconds
+        if self.shared is not None:
+            self.shared.write(family, key, i, row[i])
+            self.shared.write(family, key, -1, row[-1])
 
     def request_done(
         self, provider: str, endpoint: str, status: int, duration: float, ttfb: float
     ) -> None:
+        self._count(self.requests, (provider, endpoint, status), 1)
         pair = (provider, endpoint)
-        self._child(self.requests, (provider, endpoint, str(status))).inc()
-        self._child(self.duration, pair).observe(duration)
-        self._child(self.ttfb, pair).observe(ttfb)
+        self._observe(self.duration, pair, duration)
+        self._observe(self.ttfb, pair, ttfb)
 
     def upstream_attempt(self, provider: str, endpoint: str, seconds: float) -> None:
-        self._child(self.upstream, (provider, endpoint)).observe(seconds)
+        self._observe(self.upstream, (provider, endpoint), seconds)
 
     def count_tokens(self, provider: str, model: str, usage) -> None:
         """A billed request's tokens (a `shared.events.TokenUsage`)."""
-        for kind, n in (
-            ("input", usage.input_tokens),
-            ("cache_read", usage.cache_read_tokens),
-            ("cache_write", usage.cache_write_tokens),
-            ("output", usage.output_tokens),
-        ):
-            if n:
-                self._child(self.tokens, (provider, model, kind)).inc(n)
+        tokens = self.tokens
+        if usage.input_tokens:
+            self._count(tokens, (provider, model, "input"), usage.input_tokens)
+        if usage.cache_read_tokens:
+            self._count(tokens, (provider, model, "cache_read"), usage.cache_read_tokens)
+        if usage.cache_write_tokens:
+            self._count(tokens, (provider, model, "cache_write"), usage.cache_write_tokens)
+        if usage.output_tokens:
+            self._count(tokens, (provider, model, "output"), usage.output_tokens)
 
     # the counters kept from before, by their rendered names
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        counter = self._counters[name]
-        key = tuple(labels[n] for n in _COUNTERS[name][1])
-        if key:
-            self._child(counter, key).inc(amount)
-        else:
-            counter.inc(amount)
+        family = self._counters[name]
+        self._count(family, tuple(labels[n] for n in family.labelnames), amount)
+
+    # scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's `Collector`: this process's families, as of now."""
+        for family in self.families:
+            yield family.metric()
 
     def value(self, name: str, **labels: str) -> float:
         return self.shown.get_sample_value(name, labels) or 0

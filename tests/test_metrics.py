@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import redis_keys
 from tests.clients import anthropic_client, openai_client
 from tests.conftest import wait_settled
+from tests.metrics_traffic import feed, reference_registry, traffic
 from tests.util import free_port
 from worker.metrics import WorkerMetrics
 
@@ -52,7 +53,7 @@ async def wait_metric(url: str, name: str, labels: tuple, value: float, timeout=
 
 
 @pytest.mark.usefixtures("provider_keys")
-async def test_worker_metrics_after_known_traffic(stack, books, pg, private_redis):
+async def test_worker_metrics_after_knowntraffic(stack, books, pg, private_redis):
     _, redis = private_redis
     port = free_port()
     await stack.worker(METRICS_PORT=str(port))
@@ -153,7 +154,7 @@ async def own_proxy(settings, provider_keys):
 
 
 @pytest.mark.usefixtures("worker")
-async def test_proxy_metrics_after_known_traffic(own_proxy, accounts, pg):
+async def test_proxy_metrics_after_knowntraffic(own_proxy, accounts, pg):
     url = own_proxy
     acct = await accounts.create("5")
     openai = openai_client(url, acct.key)
@@ -255,3 +256,103 @@ def test_grafana_dashboard_uses_only_metrics_that_exist():
     assert used and used <= known, used - known
     families = {"meterway_requests_total", "meterway_settled_usd_total", "meterway_tokens_total"}
     assert families <= used
+
+
+def _families(text: str) -> dict:
+    return {
+        f.name: (
+            f.type,
+            f.documentation,
+            sorted((s.name, sorted(s.labels.items()), s.value) for s in f.samples),
+        )
+        for f in text_string_to_metric_families(text)
+    }
+
+
+def test_plain_accumulators_render_what_prometheus_client_would(monkeypatch):
+    """Every family's name, type, help, labels, cumulative buckets, counts and
+    sums as prometheus_client's own classes give them for the same traffic."""
+    from proxy.metrics import Metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    observations = traffic(14)
+    metrics = Metrics()
+    feed(metrics, observations)
+    ours = _families(metrics.render().decode())
+    reference = _families(reference_registry(observations).decode())
+    assert set(ours) == set(reference)
+    for name in reference:
+        assert ours[name] == reference[name], name
+    assert metrics.value("meterway_requests_total", provider="openai",
+                         endpoint="chat/completions", status="200") > 0  # fmt: skip
+    # a fresh process: the unlabelled series at 0, the labelled ones absent
+    fresh = samples(Metrics().render().decode())
+    assert fresh[("meterway_enqueue_failures_total", ())] == 0
+    assert fresh[("meterway_in_flight_requests", ())] == 0
+    assert not [k for k in fresh if k[0] == "meterway_requests_total"]
+
+
+_CHILD = """
+import sys
+from proxy.metrics import Metrics
+from tests.metrics_traffic import feed, traffic
+metrics = Metrics()
+feed(metrics, traffic(int(sys.argv[1])))
+sys.stdout.write(metrics.render().decode())
+"""
+
+
+def test_processes_sharing_a_directory_sum_exactly(tmp_path):
+    """`serve --workers N`: three processes' traffic summed by any scrape equals
+    the same traffic counted in one registry; a dead process's counts stay and
+    its in-flight requests go."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, multiprocess
+    from prometheus_client.exposition import generate_latest
+
+    from shared.config import REPO_ROOT
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    pids = []
+    for seed in (1, 2, 3):
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(seed)],
+            env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        pids.append(proc)
+    last = samples(pids[-1].stdout)  # the last process's own scrape saw the two before it
+    observations = traffic(1) + traffic(2) + traffic(3)
+    reference = samples(reference_registry(observations).decode())
+    in_flight = ("meterway_in_flight_requests", ())
+    assert {k: v for k, v in last.items() if k != in_flight} == pytest.approx(
+        {k: v for k, v in reference.items() if k != in_flight}
+    )
+    # histogram counts exact, not approximately
+    for key, value in reference.items():
+        if key[0].endswith(("_bucket", "_count")) or key[0].endswith("_total"):
+            assert last[key] == value, key
+    assert last[in_flight] == reference[in_flight] > 0  # livesum over the three
+    for f in os.listdir(tmp_path):
+        if f.startswith("gauge_livesum_"):
+            multiprocess.mark_process_dead(int(f.split("_")[2][:-3]), str(tmp_path))
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(tmp_path))
+    after = samples(generate_latest(registry).decode())
+    assert after.get(in_flight, 0) == 0
+    assert (
+        after[
+            (
+                "meterway_requests_total",
+                (("endpoint", "messages"), ("provider", "anthropic"), ("status", "200")),
+            )
+        ]
+        == reference[
+            (
+                "meterway_requests_total",
+                (("endpoint", "messages"), ("provider", "anthropic"), ("status", "200")),
+            )
+        ]
+    )
