@@ -59,6 +59,7 @@ def child_env(w: world.World, sim_url: str, code_root: Path) -> dict[str, str]:
         REDIS_URL=w.redis_url,
         UPSTREAM_OPENAI_BASE_URL=f"{sim_url}/openai/v1",
         UPSTREAM_ANTHROPIC_BASE_URL=f"{sim_url}/anthropic/v1",
+        UPSTREAM_GEMINI_BASE_URL=f"{sim_url}/gemini",
         METERWAY_SECRET_KEY=world.SECRET_KEY,
         LOG_LEVEL="WARNING",
     )

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
+from meterway import provider_parsers
 from meterway.context import CommandError, Context, open_context
 from shared.config import Settings, get_settings
 from shared.logs import configure_logging, use_fast_event_loop
@@ -200,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
         "  OPENAI_KEY=... meterway provider-key add openai --secret-env OPENAI_KEY",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pa.add_argument("provider", help="openai or anthropic")
+    pa.add_argument("provider", help="a provider's name: openai, anthropic, gemini or one added")
     pa.add_argument(
         "secret",
         nargs="?",
@@ -220,9 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("disable", "enable", "remove"):
         pkey.add_parser(action).add_argument("id", type=int)
 
-    prov = sub.add_parser("provider", help="pause, resume, thresholds").add_subparsers(
-        dest="action", required=True
-    )
+    prov = sub.add_parser(
+        "provider", help="add, remove, list; pause, resume, thresholds"
+    ).add_subparsers(dest="action", required=True)
+    provider_parsers.add_config_parsers(prov)
     prov.add_parser("pause").add_argument("provider")
     prov.add_parser("resume").add_argument("provider")
     ps = prov.add_parser("set")
@@ -257,7 +259,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]]:
-    from meterway.commands import accounts, alerts, audit, codes, providers, reconcile
+    from meterway.commands import (
+        accounts,
+        alerts,
+        audit,
+        codes,
+        provider_config,
+        providers,
+        reconcile,
+    )
 
     table: dict[tuple[str, str | None], Callable[[Context], Awaitable[None]]] = {
         ("user", "create"): lambda c: accounts.user_create(
@@ -286,6 +296,10 @@ def _admin_command(a: argparse.Namespace) -> Callable[[Context], Awaitable[None]
             c, a.provider, a.warn_usd, a.stop_usd
         ),
         ("provider", "list"): lambda c: providers.provider_list(c, a.json),
+        ("provider", "add"): lambda c: provider_config.add(
+            c, a.name, a.kind, a.base_url, a.auth_header, a.header
+        ),
+        ("provider", "remove"): lambda c: provider_config.remove(c, a.name),
         ("reconcile", None): reconcile.run,
         ("alerts", "list"): lambda c: alerts.alerts_list(c, a.days, a.json),
         ("audit", "list"): lambda c: audit.audit_list(c, a.days, a.json),

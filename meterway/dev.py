@@ -53,7 +53,7 @@ async def _prepare_data(settings: Settings, box: SecretBox, simulate: bool) -> s
     try:
         if simulate:
             existing = {k.provider for k in await providers.list_keys(conn)}
-            for provider in ("openai", "anthropic"):
+            for provider in ("openai", "anthropic", "gemini"):
                 if provider not in existing:
                     secret = f"sk-sim-{provider}-{secrets.token_hex(8)}"
                     await providers.add_key(
@@ -109,6 +109,7 @@ async def run_dev(settings: Settings, *, simulator_port: int = SIMULATOR_PORT) -
             update={
                 "upstream_openai_base_url": f"{base}/openai/v1",
                 "upstream_anthropic_base_url": f"{base}/anthropic/v1",
+                "upstream_gemini_base_url": f"{base}/gemini",
             }
         )
     key = await _prepare_data(settings, SecretBox(settings.require_secret_key()), simulate)

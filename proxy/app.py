@@ -15,25 +15,24 @@ from proxy import docs
 from proxy.account import account, account_usage
 from proxy.account_key import account_key
 from proxy.auth import KeyCache
-from proxy.free_endpoints import handler_for
+from proxy.dispatch import provider_path
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
 from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.middleware import refused_request, request_context
-from proxy.models import models_handler, not_found
-from proxy.providers import ADAPTERS
+from proxy.models import not_found
 from proxy.readiness import READINESS, Readiness, readyz
 from proxy.redeem import redeem
 from proxy.state import GATEWAY, SETTINGS, Gateway
 from proxy.upstream import UpstreamClient
+from shared import redis_client
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.http_server import ClientLimits, Drain, GuardedAppRunner, serve
 from shared.keys import SecretBox
-from shared.script_runner import ScriptRunner
 from shared.usage_queue import UsageQueue
 
 log = structlog.get_logger("meterway.proxy")
@@ -50,23 +49,20 @@ def create_app(settings: Settings) -> web.Application:
 
 def _add_routes(app: web.Application) -> None:
     r = app.router
-    for (provider, endpoint), adapter in ADAPTERS.items():
-        r.add_post(f"/v1/{provider}/{endpoint}", handler_for(adapter))
-        if provider == "anthropic":  # the path the Anthropic SDK calls
-            r.add_post(f"/v1/anthropic/v1/{endpoint}", handler_for(adapter))
-    r.add_get("/v1/openai/models", models_handler("openai"))
-    r.add_get("/v1/anthropic/models", models_handler("anthropic"))
-    r.add_get("/v1/anthropic/v1/models", models_handler("anthropic"))
     r.add_get("/v1/account", account)
     r.add_get("/v1/account/usage", account_usage)
     r.add_get("/v1/account/key", account_key)
     r.add_post("/v1/account/redeem", redeem)
+    r.add_route("*", "/v1/account/{tail:.*}", not_found)
+    # every provider, built in or added, by name (contract section 5)
+    r.add_route("*", "/v1/{provider}/{tail:.*}", provider_path)
     r.add_route("*", "/v1/{tail:.*}", not_found)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     r.add_get("/docs", docs.docs_page)
     r.add_get("/docs/pricing", docs.pricing_page)
+    r.add_get("/public/{path:.+}", docs.public_file)  # proxy/static/ only
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -81,11 +77,11 @@ async def metrics(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     catalog = load_catalog(settings.model_catalog)
-    redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    redis = redis_client.connect(
+        settings, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
     listener_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    runner = ScriptRunner(settings.redis_url)  # the two scripts of every request
+    runner = redis_client.script_runner(settings)  # the two scripts of every request
     pg = await create_pool(settings.database_url, min_size=1, max_size=8)
     upstream = UpstreamClient(
         connect_timeout=settings.upstream_connect_timeout,
@@ -100,7 +96,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         upstream=upstream,
         keys=KeyCache(pg),
         holds=Holds(BalanceView(redis, runner), pg, settings.hold_ttl_seconds),
-        pool=KeyPool(box),
+        pool=KeyPool(box, settings),
         queue=UsageQueue(redis, runner),
         metrics=Metrics(),
     )
@@ -109,7 +105,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[READINESS].start(redis)
     tasks = [
         asyncio.create_task(listen_for_invalidations(gw, listener_redis)),
-        asyncio.create_task(refresh_periodically(gw, every=10.0)),
+        # a missed invalidation still reaches routing within 5 s (contract section 5)
+        asyncio.create_task(refresh_periodically(gw, every=4.0)),
     ]
     yield
     if gw.background:  # usage events of requests cut short by the shutdown

@@ -21,8 +21,11 @@ from shared.keys import hash_proxy_key
 _MAX_KEY_CHARS = 256
 
 
-def presented_key(request: web.Request, *, allow_x_api_key: bool) -> str | None:
-    """The proxy key the client sent: `Authorization: Bearer` or `x-api-key`."""
+def presented_key(
+    request: web.Request, *, allow_x_api_key: bool, allow_google: bool = False
+) -> str | None:
+    """The proxy key the client sent: `Authorization: Bearer`, `x-api-key`
+    (Anthropic's header), or Google's `x-goog-api-key` header or `key` parameter."""
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.partition(" ")
@@ -32,7 +35,22 @@ def presented_key(request: web.Request, *, allow_x_api_key: bool) -> str | None:
         value = request.headers.get("x-api-key", "").strip()
         if value:
             return value
+    if allow_google:
+        value = (
+            request.headers.get("x-goog-api-key", "").strip()
+            or request.query.get("key", "").strip()
+        )
+        if value:
+            return value
     return None
+
+
+# provider kind -> the places its clients put a key, beyond `Authorization: Bearer`
+KEY_PLACES: dict[str, dict[str, bool]] = {
+    "openai": {"allow_x_api_key": False},
+    "anthropic": {"allow_x_api_key": True},
+    "gemini": {"allow_x_api_key": False, "allow_google": True},
+}
 
 
 class KeyCache:

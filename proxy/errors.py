@@ -1,7 +1,8 @@
 """Errors made by the proxy, in the caller's provider's own error format.
 
 The SDKs read these bodies to raise their typed exceptions, so the shape is
-the provider's: OpenAI `{"error": {...}}`, Anthropic `{"type": "error", ...}`.
+the provider kind's: OpenAI `{"error": {...}}`, Anthropic `{"type": "error",
+...}`, Google `{"error": {"code", "message", "status"}}`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ _ANTHROPIC_TYPES = {
     503: "overloaded_error",
     504: "timeout_error",
 }
+# Google's canonical status names (contract section 5)
+_GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "FAILED_PRECONDITION",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    408: "DEADLINE_EXCEEDED",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    431: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 # Key-control refusals (contract section 6) whose code Anthropic callers see in
 # the message.
 _CODES_IN_MESSAGE = frozenset({"key_budget_exceeded", "model_not_allowed", "expired_api_key"})
@@ -72,27 +91,52 @@ class ProxyError(Exception):
         self.retryable = status not in _NO_RETRY if retryable is None else retryable
 
 
-def error_body(
-    provider: str, status: int, message: str, code: str | None, request_id: str
-) -> bytes:
-    if provider == "anthropic":
-        error_type = _ANTHROPIC_TYPES.get(status, "api_error")
-        if code in _CODES_IN_MESSAGE:  # Anthropic's format has no code field
-            message = f"{message} ({code})"
-        return orjson.dumps(
+def _anthropic_body(status: int, message: str, code: str | None, request_id: str) -> bytes:
+    error_type = _ANTHROPIC_TYPES.get(status, "api_error")
+    if code in _CODES_IN_MESSAGE:  # Anthropic's format has no code field
+        message = f"{message} ({code})"
+    return orjson.dumps(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": request_id,
+        }
+    )
+
+
+def _google_body(status: int, message: str, code: str | None, request_id: str) -> bytes:
+    error: dict = {
+        "code": status,
+        "message": message,
+        "status": _GOOGLE_STATUSES.get(status, "UNKNOWN"),
+    }
+    if code:  # Google's place for a machine-readable reason
+        error["details"] = [
             {
-                "type": "error",
-                "error": {"type": error_type, "message": message},
-                "request_id": request_id,
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": code,
+                "domain": "meterway",
             }
-        )
+        ]
+    return orjson.dumps({"error": error})
+
+
+def _openai_body(status: int, message: str, code: str | None, request_id: str) -> bytes:
     error_type = _OPENAI_TYPES.get(status, "server_error")
     return orjson.dumps(
         {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     )
 
 
-def error_response(provider: str, error: ProxyError, request_id: str) -> web.Response:
+_FORMATS = {"anthropic": _anthropic_body, "gemini": _google_body}
+
+
+def error_body(kind: str, status: int, message: str, code: str | None, request_id: str) -> bytes:
+    """An error body in the format of provider kind `kind` (openai for anything else)."""
+    return _FORMATS.get(kind, _openai_body)(status, message, code, request_id)
+
+
+def error_response(kind: str, error: ProxyError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id}
     if error.headers:
         headers.update(error.headers)
@@ -102,7 +146,7 @@ def error_response(provider: str, error: ProxyError, request_id: str) -> web.Res
         headers["x-should-retry"] = "false"
     return web.Response(
         status=error.status,
-        body=error_body(provider, error.status, error.message, error.code, request_id),
+        body=error_body(kind, error.status, error.message, error.code, request_id),
         content_type="application/json",
         headers=headers,
     )

@@ -19,11 +19,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.errors import ProxyError
-from proxy.handlers import admit, billing_store_unavailable, llm_handler
+from proxy.handlers import admit, billing_store_unavailable
 from proxy.key_controls import rate_limit_of, seconds_to_next_minute
 from proxy.providers import Adapter
 from proxy.relay import Relay
-from proxy.state import GATEWAY, REQUEST_ID, Gateway
+from proxy.routes import Call
+from proxy.state import Gateway
 from shared.balance_view import RequestCounter
 
 log = structlog.get_logger("meterway.proxy")
@@ -36,22 +37,10 @@ def is_billed(adapter: Adapter) -> bool:
     return getattr(adapter, "billed", True)
 
 
-def handler_for(adapter: Adapter):
-    """The route handler of an adapter: metered, or forwarded free."""
-    return llm_handler(adapter) if is_billed(adapter) else free_handler(adapter)
-
-
-def free_handler(adapter: Adapter):
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await serve_free(request.app[GATEWAY], request, adapter, request[REQUEST_ID])
-
-    return handle
-
-
 async def serve_free(
-    gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
+    gw: Gateway, request: web.Request, call: Call, request_id: str
 ) -> web.StreamResponse:
-    owner, body, raw, _, _ = await admit(gw, request, adapter)
+    owner, body, raw, _, _ = await admit(gw, request, call)
     limit = rate_limit_of(owner)
     if limit is not None and limit.rpm:
         try:
@@ -65,8 +54,8 @@ async def serve_free(
                 code="rate_limit_exceeded",
                 retry_after=seconds_to_next_minute(),
             )
-    prepared = adapter.prepare(body, raw)
-    result = await Relay(gw, request, adapter, prepared, request_id).run()
+    prepared = call.adapter.prepare(body, raw)
+    result = await Relay(gw, request, call, prepared, request_id).run()
     return result.response
 
 

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from proxy.auth import presented_key
+from proxy.auth import KEY_PLACES, presented_key
 from proxy.body import read_json
 from proxy.errors import ProxyError
 from proxy.hold_bound import (
@@ -30,11 +30,11 @@ from proxy.key_controls import (
     seconds_to_next_minute,
 )
 from proxy.metrics import FIRST_BYTE
-from proxy.providers import Adapter
 from proxy.providers.bounds import RequestBound
 from proxy.readiness import READINESS
 from proxy.relay import Relay, RelayResult
-from proxy.state import GATEWAY, REQUEST_ID, Gateway
+from proxy.routes import Call
+from proxy.state import Gateway
 from shared.balance_view import MAX_UNITS
 from shared.catalog import ModelPrice
 from shared.db.api_keys import KeyOwner
@@ -60,8 +60,10 @@ def prompt_estimate(raw: bytes) -> int:
     return len(raw) // 4 + 1
 
 
-async def authenticate(gw: Gateway, request: web.Request, *, allow_x_api_key: bool) -> KeyOwner:
-    key = presented_key(request, allow_x_api_key=allow_x_api_key)
+async def authenticate(
+    gw: Gateway, request: web.Request, *, allow_x_api_key: bool, allow_google: bool = False
+) -> KeyOwner:
+    key = presented_key(request, allow_x_api_key=allow_x_api_key, allow_google=allow_google)
     if key is None:
         raise ProxyError(401, "Missing API key: send 'Authorization: Bearer <key>'")
     owner = await gw.keys.lookup(key)
@@ -71,12 +73,13 @@ async def authenticate(gw: Gateway, request: web.Request, *, allow_x_api_key: bo
     return owner
 
 
-def priced_model(gw: Gateway, adapter: Adapter, body: dict) -> tuple[str, ModelPrice]:
-    model = body.get("model")
+def priced_model(gw: Gateway, call: Call, body: dict) -> tuple[str, ModelPrice]:
+    adapter = call.adapter
+    model = call.model if getattr(adapter, "model_in_path", False) else body.get("model")
     if not isinstance(model, str) or not model:
         raise ProxyError(400, "Missing 'model' in the request body", code="model_required")
     price = gw.catalog.get(model)
-    if price is None or price.provider != adapter.provider:
+    if price is None or price.provider != call.provider.name:
         raise ProxyError(400, f"Unknown model pricing: {model}", code="model_not_found")
     if price.kind != getattr(adapter, "model_kind", "chat"):  # an embedding model, or not one
         raise ProxyError(
@@ -111,23 +114,16 @@ def billed_usage(result: RelayResult, bound: RequestBound, raw: bytes) -> tuple[
     ), True
 
 
-def llm_handler(adapter: Adapter):
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await _serve(request.app[GATEWAY], request, adapter, request[REQUEST_ID])
-
-    return handle
-
-
 async def admit(
-    gw: Gateway, request: web.Request, adapter: Adapter
+    gw: Gateway, request: web.Request, call: Call
 ) -> tuple[KeyOwner, dict, bytes, str, ModelPrice]:
     """What every LLM endpoint checks first, metered or free: the key, the body,
     the model (in the catalog, allowed for the key) and the provider (serving)."""
-    owner = await authenticate(gw, request, allow_x_api_key=adapter.provider == "anthropic")
+    owner = await authenticate(gw, request, **KEY_PLACES[call.provider.kind])
     body, raw = await read_json(gw, request)
-    model, price = priced_model(gw, adapter, body)
+    model, price = priced_model(gw, call, body)
     check_model(owner, model)
-    check_provider(gw, adapter.provider)
+    check_provider(gw, call.provider.name)
     return owner, body, raw, model, price
 
 
@@ -137,10 +133,12 @@ def billing_store_unavailable(exc: RedisError) -> ProxyError:
     return ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1)
 
 
-async def _serve(
-    gw: Gateway, request: web.Request, adapter: Adapter, request_id: str
+async def serve_metered(
+    gw: Gateway, request: web.Request, call: Call, request_id: str
 ) -> web.StreamResponse:
-    owner, body, raw, model, price = await admit(gw, request, adapter)
+    adapter = call.adapter
+    provider = call.provider.name
+    owner, body, raw, model, price = await admit(gw, request, call)
 
     prepared = adapter.prepare(body, raw)
     bound = await hold_bound(gw, owner.user_id, adapter, body, raw, model, price)
@@ -176,7 +174,7 @@ async def _serve(
 
     gw.holds.keep(owner.user_id, request_id)
     try:
-        result = await Relay(gw, request, adapter, prepared, request_id).run()
+        result = await Relay(gw, request, call, prepared, request_id).run()
     except BaseException:
         await asyncio.shield(release_quietly(gw, owner.user_id, request_id))
         raise
@@ -187,14 +185,14 @@ async def _serve(
         return result.response
 
     usage, estimated = billed_usage(result, bound, raw)
-    gw.metrics.count_tokens(adapter.provider, model, usage)
+    gw.metrics.count_tokens(provider, model, usage)
     if estimated:
-        gw.metrics.inc("meterway_estimated_usage_total", provider=adapter.provider)
+        gw.metrics.inc("meterway_estimated_usage_total", provider=provider)
     event = UsageEvent.encode(
         request_id=request_id,
         user_id=owner.user_id,
         api_key_id=owner.api_key_id,
-        provider=adapter.provider,
+        provider=provider,
         provider_key_id=result.provider_key_id,
         model=model,
         endpoint=adapter.endpoint,

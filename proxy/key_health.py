@@ -5,7 +5,7 @@ Each provider kind is one `KeyRules` entry: how a key authenticates, how its
 error bodies look, which of its errors mean "this key is rate limited" or
 "this key may be revoked", and its free probe (the models list). The relay
 asks `classify` only about 401, 403 and 429 answers, so successful requests
-pay nothing here. A new kind (Gemini) is one more entry in `RULES`.
+pay nothing here. Each kind (openai, anthropic, gemini) is one entry in `RULES`.
 
 - 401, or a 403 that the rules call key- or account-level: `SUSPECT`. The
   key is disabled only when `KeyHealth.probe` (a GET of the models list with
@@ -72,6 +72,8 @@ class KeyRules:
     # provider's format) and miss `request_403`
     key_403: frozenset[str] | None = frozenset()
     request_403: frozenset[str] = frozenset()
+    # a 400 whose tokens meet these is about the key (Google answers a bad key so)
+    key_400: frozenset[str] = frozenset()
     probe_path: str = "models"
     probe_headers: tuple[tuple[str, str], ...] = ()
 
@@ -98,6 +100,20 @@ def _anthropic_error(body: Any) -> ProviderError | None:
         return None
     kind = _str(error.get("type"))
     return ProviderError(frozenset({kind} if kind else ()), _str(error.get("message")) or "")
+
+
+def _google_error(body: Any) -> ProviderError | None:
+    """`{"error": {"code", "message", "status", "details": [{"reason"}]}}`."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or "status" not in error:
+        return None
+    tokens = {_str(error.get("status"))}
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict):
+            tokens.add(_str(detail.get("reason")))
+    tokens.discard(None)
+    return ProviderError(frozenset(tokens), _str(error.get("message")) or "")  # type: ignore[arg-type]
 
 
 def _bearer(secret: str) -> tuple[str, str]:
@@ -131,6 +147,15 @@ RULES: dict[str, KeyRules] = {
         key_403=frozenset({"permission_error", "authentication_error"}),
         probe_headers=(("anthropic-version", "2023-06-01"),),
     ),
+    "gemini": KeyRules(
+        auth=lambda secret: ("x-goog-api-key", secret),
+        parse_error=_google_error,
+        # per-minute limits and exhausted daily quotas alike: the key rests
+        rate_limit=frozenset({"RESOURCE_EXHAUSTED"}),
+        key_403=None,  # key restrictions, API not enabled for the key's project
+        key_400=frozenset({"API_KEY_INVALID"}),
+        probe_path="v1beta/models",
+    ),
 }
 # A kind without rules of its own: Bearer auth; a 401 is a suspect, nothing cools.
 _UNKNOWN_KIND = KeyRules(auth=_bearer, parse_error=_openai_error)
@@ -144,7 +169,7 @@ def classify(rules: KeyRules, status: int, body: bytes) -> Verdict:
     """What an upstream 4xx says about the key that got it."""
     if status == 401:  # authentication is about the key, whatever the body says
         return Verdict.SUSPECT
-    if status not in (403, 429):
+    if status not in (400, 403, 429):
         return Verdict.PASS
     try:
         error = rules.parse_error(orjson.loads(body))
@@ -153,6 +178,8 @@ def classify(rules: KeyRules, status: int, body: bytes) -> Verdict:
     if error is None:  # not the provider speaking (a CDN page, an empty body)
         return Verdict.PASS
     tokens = error.tokens
+    if status == 400:
+        return Verdict.SUSPECT if tokens & rules.key_400 else Verdict.PASS
     if status == 403:
         if tokens & rules.request_403:
             return Verdict.PASS
@@ -181,6 +208,8 @@ class KeyHealth:
         rules: KeyRules,
         key_id: int,
         secret: str,
+        *,
+        auth: tuple[str, str] | None = None,
     ) -> Probe:
         """Is this key accepted? `target` is the provider's models list."""
         now = time.monotonic()
@@ -192,7 +221,7 @@ class KeyHealth:
         future: asyncio.Future[Probe] = asyncio.get_running_loop().create_future()
         self._running[key_id] = future
         try:
-            result = await _probe_once(client, target, rules, secret)
+            result = await _probe_once(client, target, rules, auth or rules.auth(secret))
         except BaseException:
             future.set_result(Probe.UNKNOWN)
             raise
@@ -211,14 +240,14 @@ class KeyHealth:
 
 
 async def _probe_once(
-    client: UpstreamClient, target: Target, rules: KeyRules, secret: str
+    client: UpstreamClient, target: Target, rules: KeyRules, auth: tuple[str, str]
 ) -> Probe:
-    headers = [rules.auth(secret), *rules.probe_headers, ("Accept", "application/json")]
+    headers = [auth, *rules.probe_headers, ("Accept", "application/json")]
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             response = await client.get(target, headers)
             try:
-                await response.read()  # read to its end: the connection is reused
+                body = await response.read()  # read to its end: the connection is reused
             finally:
                 response.release()
     except (UpstreamError, TimeoutError):
@@ -226,5 +255,7 @@ async def _probe_once(
     if 200 <= response.status < 300:
         return Probe.OK
     if response.status in (401, 403):
+        return Probe.REJECTED
+    if response.status == 400 and rules.key_400 and classify(rules, 400, body) is Verdict.SUSPECT:
         return Probe.REJECTED
     return Probe.UNKNOWN

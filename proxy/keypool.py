@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass, field
 
 from proxy.key_health import KeyHealth, rules_for
+from shared.config import Settings
 from shared.db import providers as db_providers
 from shared.db.users import Conn
 from shared.keys import SecretBox
+from shared.provider_config import ProviderSpec, list_provider_specs
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +45,10 @@ class NoActiveKey(Exception):
 
 
 class KeyPool:
-    def __init__(self, box: SecretBox | None) -> None:
+    def __init__(self, box: SecretBox | None, settings: Settings) -> None:
         self._box = box
+        self._settings = settings
+        self._specs: dict[str, ProviderSpec] = {}
         self._keys: dict[str, list[UpstreamKey]] = {}
         self._paused: dict[str, bool] = {}
         self._cooling_until: dict[int, float] = {}
@@ -53,19 +57,36 @@ class KeyPool:
         self.health = KeyHealth()
 
     async def load(self, conn: Conn) -> None:
-        """Replace the snapshot with what Postgres says now."""
+        """Replace the snapshot with what Postgres says now: the providers served
+        (a removed one is gone, with its keys), their pause state and keys."""
+        specs = {spec.name: spec for spec in await list_provider_specs(conn, self._settings)}
         rows = await db_providers.list_providers(conn)
         keys: dict[str, list[UpstreamKey]] = {}
         for row in await db_providers.list_keys(conn):
-            if row.status != "active" or self._box is None:
+            spec = specs.get(row.provider)
+            if row.status != "active" or self._box is None or spec is None:
                 continue
             secret = self._box.decrypt(row.secret_enc)
             keys.setdefault(row.provider, []).append(
-                UpstreamKey(row.id, row.provider, secret, row.prefix)
+                UpstreamKey(row.id, row.provider, secret, row.prefix, spec.auth(secret))
             )
         self._paused = {row.name: row.paused for row in rows}
+        self._specs = specs
         self._keys = keys
         self.loaded_at = time.monotonic()
+
+    def spec(self, provider: str) -> ProviderSpec | None:
+        """The provider served under this name, or None (its paths are 404)."""
+        return self._specs.get(provider)
+
+    def kind_of(self, provider: str) -> str:
+        """The kind whose error format a path of this provider answers in."""
+        spec = self._specs.get(provider)
+        return spec.kind if spec is not None else "openai"
+
+    @property
+    def specs(self) -> list[ProviderSpec]:
+        return list(self._specs.values())
 
     def is_paused(self, provider: str) -> bool:
         return self._paused.get(provider, False)

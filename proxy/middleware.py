@@ -9,6 +9,7 @@ from time import perf_counter
 import structlog
 from aiohttp import web
 
+from proxy.dispatch import ROUTE_LABELS
 from proxy.errors import ProxyError, error_response
 from proxy.metrics import FIRST_BYTE, labels_of
 from proxy.readiness import READINESS
@@ -26,14 +27,20 @@ def new_request_id() -> str:
     return f"req_{_PROCESS_PART}{next(_counter):08x}"
 
 
-def provider_of(path: str) -> str:
-    return "anthropic" if path.startswith("/v1/anthropic") else "openai"
+_BUILTIN_KINDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+
+
+def provider_segment(path: str) -> str:
+    parts = path.split("/", 3)  # "", "v1", provider, rest
+    return parts[2] if len(parts) > 2 else ""
 
 
 def refused_request(status: int, message: str, path: str | None) -> web.Response:
     """A request the server refused before routing it (headers malformed or over
-    64 KiB, see `shared.http_server`), answered in its path's provider's format."""
-    return error_response(provider_of(path or ""), ProxyError(status, message), new_request_id())
+    64 KiB, see `shared.http_server`), answered in its path's built-in provider's
+    format (openai's for any other path)."""
+    kind = _BUILTIN_KINDS.get(provider_segment(path or ""), "openai")
+    return error_response(kind, ProxyError(status, message), new_request_id())
 
 
 @web.middleware
@@ -43,8 +50,9 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    provider = provider_of(request.path)
-    metrics = request.app[GATEWAY].metrics
+    gw = request.app[GATEWAY]
+    provider = gw.pool.kind_of(provider_segment(request.path))  # its error format
+    metrics = gw.metrics
     started = perf_counter()
     metrics.in_flight.inc()
     try:
@@ -66,5 +74,6 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
             response.headers["Connection"] = "close"
     done = perf_counter()  # a whole answer not sent yet goes out right after this
     first = request.get(FIRST_BYTE, done)
-    metrics.request_done(*labels_of(request.path), response.status, done - started, first - started)
+    labels = request.get(ROUTE_LABELS) or labels_of(request.path)
+    metrics.request_done(*labels, response.status, done - started, first - started)
     return response

@@ -27,21 +27,22 @@ from proxy.errors import ProxyError
 from proxy.key_health import Probe, Verdict, classify, rules_for
 from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.metrics import FIRST_BYTE
-from proxy.providers import Adapter, PreparedBody
+from proxy.providers import PreparedBody
 from proxy.providers.sse import StreamScanner
 from proxy.readiness import READINESS
+from proxy.routes import Call, target
 from proxy.state import Gateway
 from proxy.upstream import (
     ConnectTimeout,
     Target,
     UpstreamError,
     UpstreamResponse,
-    parse_target,
 )
 from shared import invalidation, redis_keys
 from shared.db import alerts as db_alerts
 from shared.db import providers as db_providers
 from shared.events import TokenUsage
+from shared.provider_config import ProviderSpec
 
 log = structlog.get_logger("meterway.relay")
 
@@ -52,6 +53,7 @@ _DROP_REQUEST_HEADERS = frozenset(
         "host",
         "authorization",
         "x-api-key",
+        "x-goog-api-key",
         "content-length",
         # hop-by-hop
         "connection",
@@ -104,24 +106,34 @@ class _Step:
     moved: bool = False  # this answer cooled or disabled the key
 
 
-def upstream_headers(request: web.Request, key: UpstreamKey) -> list[tuple[str, str]]:
+def upstream_headers(
+    request: web.Request, key: UpstreamKey, spec: ProviderSpec | None = None
+) -> list[tuple[str, str]]:
+    """The client's headers minus what never goes upstream, then the provider's
+    fixed headers (which replace the client's of that name) and the key's auth."""
     received = request.headers
     drop = _DROP_REQUEST_HEADERS
+    replaced = spec.replaced if spec is not None else frozenset()
     connection = received.getall("connection", None)
     if connection:  # SDKs send `Connection: keep-alive`: one cached lookup
-        drop = _drop_with(connection[0] if len(connection) == 1 else ",".join(connection))
+        drop = _drop_with(connection[0] if len(connection) == 1 else ",".join(connection), replaced)
+    elif replaced:
+        drop = _drop_with("", replaced)
     headers = [(name, value) for name, value in received.items() if name.lower() not in drop]
     headers.append(("Content-Type", "application/json"))
+    if spec is not None and spec.headers:
+        headers.extend(spec.headers)
     headers.append(key.auth)
     return headers
 
 
-@functools.lru_cache(maxsize=64)
-def _drop_with(connection: str) -> frozenset[str]:
+@functools.lru_cache(maxsize=256)
+def _drop_with(connection: str, replaced: frozenset[str] = frozenset()) -> frozenset[str]:
     """The headers not to forward when the client's `Connection` says
-    `connection`: the usual ones and every name it lists (any case)."""
+    `connection`: the usual ones, every name it lists (any case), and the ones
+    the provider sets itself (`replaced`)."""
     named = (name.strip().lower() for name in connection.split(","))
-    return _DROP_REQUEST_HEADERS.union(name for name in named if name)
+    return _DROP_REQUEST_HEADERS.union(replaced, (name for name in named if name))
 
 
 def _retry_after(response: UpstreamResponse) -> float:
@@ -139,9 +151,11 @@ def _upstream_id(response: UpstreamResponse) -> str | None:
     return response.headers.get("x-request-id") or response.headers.get("request-id")
 
 
-def _answer_headers(response: UpstreamResponse, request_id: str) -> dict[str, str]:
+def _answer_headers(
+    response: UpstreamResponse, request_id: str, upstream_id: str | None = None
+) -> dict[str, str]:
     headers = {"x-request-id": request_id}
-    upstream_id = _upstream_id(response)
+    upstream_id = _upstream_id(response) or upstream_id
     if upstream_id:
         headers["x-upstream-request-id"] = upstream_id
     if "retry-after" in response.headers:
@@ -166,18 +180,18 @@ class Relay:
         self,
         gw: Gateway,
         request: web.Request,
-        adapter: Adapter,
+        call: Call,
         prepared: PreparedBody,
         request_id: str,
     ) -> None:
         self.gw = gw
         self.request = request
-        self.adapter = adapter
+        self.spec = call.provider
+        self.adapter = call.adapter
+        self.rules = rules_for(call.provider.kind)
         self.prepared = prepared
         self.request_id = request_id
-        self.target = parse_target(
-            f"{gw.settings.upstream_base_url(adapter.provider)}/{adapter.endpoint}"
-        )
+        self.target = call.target
 
     async def run(self) -> RelayResult:
         response, key, body = await self._send_with_failover()
@@ -201,7 +215,7 @@ class Relay:
         the first (a key-level 401/403 its probe confirmed, a rate-limit 429, a
         5xx, a connection failure before the first byte). At most one key of
         the request changes state (cooling or disabled)."""
-        provider = self.adapter.provider
+        provider = self.spec.name
         key = self._choose(provider, frozenset())
         tried = {key.id}
         moved = False  # one request moves at most one key to cooling or disabled
@@ -241,11 +255,11 @@ class Relay:
         started = perf_counter()
         try:
             return await self.gw.upstream.post(
-                self.target, upstream_headers(self.request, key), self.prepared.body
+                self.target, upstream_headers(self.request, key, self.spec), self.prepared.body
             )
         finally:
             self.gw.metrics.upstream_attempt(
-                self.adapter.provider, self.adapter.endpoint, perf_counter() - started
+                self.spec.name, self.adapter.endpoint, perf_counter() - started
             )
 
     def _following(self, provider: str, tried: set[int]) -> UpstreamKey | None:
@@ -268,16 +282,16 @@ class Relay:
             response.release()  # unread: the connection closes
             return _Step()
         body = await read_whole(response)
-        if status not in _KEY_STATUSES or moved:
+        rules = self.rules
+        if moved or (status not in _KEY_STATUSES and not (status == 400 and rules.key_400)):
             return _Step(body=body)
-        rules = rules_for(key.provider)
         verdict = classify(rules, status, body)
         if verdict is Verdict.RATE_LIMITED:
             await self._cool_down(key, _retry_after(response))
             return _Step(moved=True) if can_retry else _Step(body=body, moved=True)
         if verdict is Verdict.SUSPECT:
             probe = await self.gw.pool.health.probe(
-                self.gw.upstream, self._probe_target(), rules, key.id, key.secret
+                self.gw.upstream, self._probe_target(), rules, key.id, key.secret, auth=key.auth
             )
             log.warning(
                 "provider_key_probed",
@@ -296,8 +310,7 @@ class Relay:
         return _Step(body=body)
 
     def _probe_target(self) -> Target:
-        base = self.gw.settings.upstream_base_url(self.adapter.provider)
-        return parse_target(f"{base}/{rules_for(self.adapter.provider).probe_path}")
+        return target(self.spec.base_url, self.rules.probe_path)
 
     def _choose(self, provider: str, exclude: frozenset[int]) -> UpstreamKey:
         try:
@@ -355,17 +368,17 @@ class Relay:
 
     async def _whole(self, response: UpstreamResponse, key: UpstreamKey) -> RelayResult:
         body = await read_whole(response)
-        usage = response_id = None
+        usage = response_id = upstream_id = None
         with contextlib.suppress(orjson.JSONDecodeError):
             parsed = orjson.loads(body)
             if isinstance(parsed, dict):
                 usage = self.adapter.usage_from_body(parsed)
                 response_id = self.adapter.response_id(parsed)
+                id_in_body = getattr(self.adapter, "upstream_id", None)
+                upstream_id = id_in_body(parsed) if id_in_body is not None else None
+        headers = _answer_headers(response, self.request_id, upstream_id)
         answer = web.Response(
-            status=response.status,
-            body=body,
-            content_type=response.content_type,
-            headers=_answer_headers(response, self.request_id),
+            status=response.status, body=body, content_type=response.content_type, headers=headers
         )
         return RelayResult(
             answer,
@@ -374,7 +387,7 @@ class Relay:
             usage_final=usage is not None,
             output_estimate=len(body) // 4,
             provider_key_id=key.id,
-            upstream_request_id=_upstream_id(response),
+            upstream_request_id=headers.get("x-upstream-request-id"),
             response_id=response_id,
         )
 
@@ -420,10 +433,10 @@ class Relay:
             answer,
             billable=True,
             usage=scanner.usage,
-            usage_final=scanner.complete or self.adapter.provider == "openai",
+            usage_final=scanner.complete or scanner.usage_arrives_last,
             output_estimate=scanner.deltas,
             provider_key_id=key.id,
-            upstream_request_id=_upstream_id(response),
+            upstream_request_id=_upstream_id(response) or getattr(scanner, "upstream_id", None),
             outcome=outcome,
             response_id=scanner.response_id,
         )
@@ -445,15 +458,6 @@ class Relay:
 
     async def _end_broken_stream(self, answer: web.StreamResponse, scanner: StreamScanner) -> None:
         """Tell the client the stream ended badly, in the provider's own way."""
-        message = "Upstream stream ended unexpectedly"
-        if self.adapter.provider == "anthropic":
-            payload = {"type": "error", "error": {"type": "api_error", "message": message}}
-            event = b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
-        elif self.adapter.endpoint == "responses":
-            payload = {"type": "error", "code": "upstream_error", "message": message, "param": None}
-            event = b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
-        else:
-            payload = {"error": {"message": message, "type": "server_error", "code": None}}
-            event = b"data: " + orjson.dumps(payload) + b"\n\n"
+        event = self.adapter.stream_error_event("Upstream stream ended unexpectedly")
         with contextlib.suppress(ConnectionResetError):
             await answer.write(scanner.finish() + event)

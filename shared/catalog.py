@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Provider = Literal["openai", "anthropic"]
+# Any provider's name (contract section 5): a built-in or one added with
+# `meterway provider add`; a model of a provider not registered is not served.
+Provider = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")]
 log = structlog.get_logger("meterway.catalog")
-PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic")
+PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini")  # the built-ins
 
 
 def _exact_number(value: object) -> object:
@@ -236,6 +238,8 @@ class Catalog(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     currency: Literal["USD"] = "USD"
+    prices_as_of: str | None = None  # when the list prices were last checked
+    prices_note: str | None = None
     models: dict[str, ModelPrice]
 
     def get(self, model: str) -> ModelPrice | None:

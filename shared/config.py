@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +21,13 @@ class Settings(BaseSettings):
     proxy_host: str = "127.0.0.1"
     proxy_port: int = 8000
     dashboard_port: int = 8001
+    # where people reach the dashboard and the proxy (links between /docs and the dashboard);
+    # unset: the host of the request, on the other's port (shared/public_urls.py)
+    dashboard_url: str | None = None
+    public_proxy_url: str | None = None
     upstream_openai_base_url: str = "https://api.openai.com/v1"
     upstream_anthropic_base_url: str = "https://api.anthropic.com/v1"
+    upstream_gemini_base_url: str = "https://generativelanguage.googleapis.com"
     model_catalog: Path = REPO_ROOT / "model_catalog.json"
     meterway_secret_key: str | None = None
     max_request_bytes: int = 33_554_432
@@ -48,6 +53,10 @@ class Settings(BaseSettings):
     proxy_workers: int = Field(default=1, ge=1, le=256)
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)
     shutdown_grace_seconds: float = Field(default=60.0, ge=0)
+    # REDIS_URL names one node of a Redis Cluster (docs/scaling.md); arq's own queue
+    # then needs a plain Redis (ARQ_REDIS_URL; without a cluster it defaults to REDIS_URL)
+    redis_cluster: bool = False
+    arq_redis_url: str | None = None
 
     # Slow or huge clients (contract section 10).
     client_header_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -68,14 +77,35 @@ class Settings(BaseSettings):
             raise ValueError("METERWAY_SECRET_KEY must be at least 32 characters")
         return value
 
+    @model_validator(mode="after")
+    def _cluster_settings(self) -> Settings:
+        if self.redis_cluster:
+            from urllib.parse import urlsplit
+
+            db = urlsplit(self.redis_url).path.strip("/")
+            if db not in ("", "0"):
+                raise ValueError("with REDIS_CLUSTER=1, REDIS_URL must name database 0 (or none)")
+            if not self.arq_redis_url:
+                raise ValueError("with REDIS_CLUSTER=1, ARQ_REDIS_URL (a plain Redis) is required")
+        return self
+
+    @property
+    def arq_url(self) -> str:
+        """The Redis of arq's queue (the worker's periodic jobs)."""
+        return self.arq_redis_url or self.redis_url
+
     @property
     def operator_emails(self) -> list[str]:
         return [a.strip() for a in self.alert_operator_emails.split(",") if a.strip()]
 
     def upstream_base_url(self, provider: str) -> str:
-        if provider == "openai":
-            return self.upstream_openai_base_url.rstrip("/")
-        return self.upstream_anthropic_base_url.rstrip("/")
+        """A built-in provider's base URL (added ones: `shared.provider_config`)."""
+        urls = {
+            "openai": self.upstream_openai_base_url,
+            "anthropic": self.upstream_anthropic_base_url,
+            "gemini": self.upstream_gemini_base_url,
+        }
+        return urls[provider].rstrip("/")
 
     def require_secret_key(self) -> str:
         if not self.meterway_secret_key:

@@ -45,6 +45,19 @@ TEST_MODELS = {
         "multiplier": 1.5,
         "max_output_tokens": 16384,
     },
+    # models of providers the tests add with `meterway provider add` (section 5)
+    "compat-chat": {
+        "provider": "compat",
+        "input_per_mtok": 0.59,
+        "output_per_mtok": 0.79,
+        "max_output_tokens": 8192,
+    },
+    "compat-claude": {
+        "provider": "compat-anthropic",
+        "input_per_mtok": 1.1,
+        "output_per_mtok": 5.3,
+        "max_output_tokens": 8192,
+    },
     # no cache prices: cache tokens are priced at the input price
     "claude-plain": {
         "provider": "anthropic",
@@ -138,6 +151,7 @@ def settings(database_url: str, redis_url: str, upstream: Upstream, catalog_path
         proxy_port=free_port(),
         upstream_openai_base_url=f"{upstream.base}/openai/v1",
         upstream_anthropic_base_url=f"{upstream.base}/anthropic/v1",
+        upstream_gemini_base_url=f"{upstream.base}/gemini",
         model_catalog=catalog_path,
         meterway_secret_key=SECRET_KEY,
         max_request_bytes=1_000_000,
@@ -149,7 +163,11 @@ def settings(database_url: str, redis_url: str, upstream: Upstream, catalog_path
     )
 
 
-PROVIDER_SECRETS = {"openai": "sk-upstream-openai-0001", "anthropic": "sk-ant-upstream-0001"}
+PROVIDER_SECRETS = {
+    "openai": "sk-upstream-openai-0001",
+    "anthropic": "sk-ant-upstream-0001",
+    "gemini": "AIza-upstream-gemini-0001",
+}
 
 
 @pytest.fixture(scope="session")

@@ -118,6 +118,7 @@ class Stack:
     upstream_base: str
     catalog: str
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # for every process
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTREAM_", "METERWAY"))}
@@ -126,6 +127,7 @@ class Stack:
             REDIS_URL=self.redis_url,
             UPSTREAM_OPENAI_BASE_URL=f"{self.upstream_base}/openai/v1",
             UPSTREAM_ANTHROPIC_BASE_URL=f"{self.upstream_base}/anthropic/v1",
+            UPSTREAM_GEMINI_BASE_URL=f"{self.upstream_base}/gemini",
             MODEL_CATALOG=self.catalog,
             METERWAY_SECRET_KEY=SECRET_KEY,
             SETTLE_JOB_TIMEOUT="2",
@@ -133,6 +135,7 @@ class Stack:
             LOG_LEVEL="WARNING",
             SHUTDOWN_DRAIN_SECONDS="0",  # no load balancer to move away: stop at once
         )
+        env.update(self.extra_env)
         env.update(extra)
         return env
 

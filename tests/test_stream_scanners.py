@@ -92,7 +92,7 @@ def test_adapter_registry():
     assert isinstance(ADAPTERS[("openai", "responses")], OpenAIResponses)
     assert isinstance(ADAPTERS[("anthropic", "messages")], AnthropicMessages)
     for (provider, endpoint), adapter in ADAPTERS.items():
-        assert (adapter.provider, adapter.endpoint) == (provider, endpoint)
+        assert (adapter.kind, adapter.endpoint) == (provider, endpoint)
 
 
 # ---------------------------------------------------------------- OpenAI chat

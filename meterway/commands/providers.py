@@ -12,17 +12,18 @@ from redis.exceptions import RedisError
 from meterway.commands.accounts import amount_arg
 from meterway.context import CommandError, Context
 from shared import daily, invalidation, provider_state
-from shared.catalog import PROVIDERS
 from shared.db import audit
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
 from shared.keys import SecretBox, visible_prefix
 from shared.money import usd_str
+from shared.provider_config import list_provider_specs, served_names
 
 
-def check_provider(name: str) -> str:
-    if name not in PROVIDERS:
-        raise CommandError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}")
+async def check_provider(ctx: Context, name: str) -> str:
+    names = await served_names(ctx.pg)
+    if name not in names:
+        raise CommandError(f"unknown provider {name!r}: use one of {', '.join(names)}")
     return name
 
 
@@ -68,7 +69,7 @@ def read_secret(
 async def key_add(
     ctx: Context, provider: str, secret_arg: str | None, secret_env: str | None, name: str
 ) -> None:
-    check_provider(provider)
+    await check_provider(ctx, provider)
     secret = read_secret(secret_arg, secret_env)
     try:
         box = SecretBox(ctx.settings.require_secret_key())
@@ -88,7 +89,7 @@ async def key_add(
 
 async def key_list(ctx: Context, provider: str | None, as_json: bool) -> None:
     if provider is not None:
-        check_provider(provider)
+        await check_provider(ctx, provider)
     cooling = await provider_state.cooling_key_ids(ctx.redis)
     rows = [
         {
@@ -139,7 +140,7 @@ async def key_remove(ctx: Context, key_id: int) -> None:
 
 
 async def pause(ctx: Context, provider: str, paused: bool) -> None:
-    check_provider(provider)
+    await check_provider(ctx, provider)
     try:
         async with ctx.pg.transaction():
             await audit.set_paused(ctx.pg, audit.cli_actor(), provider, paused)
@@ -153,7 +154,7 @@ async def pause(ctx: Context, provider: str, paused: bool) -> None:
 
 
 async def set_thresholds(ctx: Context, provider: str, warn: str | None, stop: str | None) -> None:
-    check_provider(provider)
+    await check_provider(ctx, provider)
     if warn is None and stop is None:
         raise CommandError("nothing to change: give --warn-usd and/or --stop-usd")
     warn_usd, stop_usd = _threshold(warn, "--warn-usd"), _threshold(stop, "--stop-usd")
@@ -181,22 +182,33 @@ async def provider_list(ctx: Context, as_json: bool) -> None:
             start_of_utc_day(),
         )
     )
-    rows = [
-        {
-            "provider": p.name,
-            "status": "paused" if p.paused else "active",
-            "warn_usd": usd_str(p.warn_usd) if p.warn_usd is not None else None,
-            "stop_usd": usd_str(p.stop_usd) if p.stop_usd is not None else None,
-            "spend_today_usd": usd_str(spend.get(p.name) or 0),
-        }
-        for p in await db.list_providers(ctx.pg)
-    ]
+    state = {p.name: p for p in await db.list_providers(ctx.pg)}
+    rows = []
+    for spec in await list_provider_specs(ctx.pg, ctx.settings):
+        p = state[spec.name]
+        rows.append(
+            {
+                "provider": spec.name,
+                "kind": spec.kind,
+                "base_url": spec.base_url,
+                "auth_header": spec.auth_header,
+                "headers": [name for name, _ in spec.headers],  # names only: values may be secret
+                "builtin": spec.builtin,
+                "status": "paused" if p.paused else "active",
+                "warn_usd": usd_str(p.warn_usd) if p.warn_usd is not None else None,
+                "stop_usd": usd_str(p.stop_usd) if p.stop_usd is not None else None,
+                "spend_today_usd": usd_str(spend.get(p.name) or 0),
+            }
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'provider':<10} {'status':<8} {'warn_usd':>10} {'stop_usd':>10} {'spend_today':>14}")
+    print(
+        f"{'provider':<12} {'kind':<9} {'status':<8} {'warn_usd':>10} {'stop_usd':>10}"
+        f" {'spend_today':>14}  base_url"
+    )
     for r in rows:
         print(
-            f"{r['provider']:<10} {r['status']:<8} {r['warn_usd'] or '-':>10}"
-            f" {r['stop_usd'] or '-':>10} {r['spend_today_usd']:>14}"
+            f"{r['provider']:<12} {r['kind']:<9} {r['status']:<8} {r['warn_usd'] or '-':>10}"
+            f" {r['stop_usd'] or '-':>10} {r['spend_today_usd']:>14}  {r['base_url']}"
         )

@@ -16,7 +16,7 @@ from shared.events import TokenUsage
 
 
 class AnthropicCountTokens:
-    provider = "anthropic"
+    kind = "anthropic"
     endpoint = "messages/count_tokens"
     billed = False  # a free endpoint: no hold, no usage record
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from proxy.providers.base import PreparedBody, int_field, tier_field
 from proxy.providers.bounds import (
     MediaCount,
@@ -128,7 +130,7 @@ def _tools(request: dict, count: MediaCount) -> None:
 
 
 class AnthropicMessages:
-    provider = "anthropic"
+    kind = "anthropic"
     endpoint = "messages"
 
     def output_cap(self, request: dict) -> int | None:
@@ -158,3 +160,7 @@ class AnthropicMessages:
 
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         return MessagesScanner()
+
+    def stream_error_event(self, message: str) -> bytes:
+        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from proxy.providers.bounds import RequestBound
 from proxy.providers.sse import StreamScanner
-from shared.catalog import ModelPrice, Provider
+from shared.catalog import ModelPrice
 from shared.events import TokenUsage
 
 
@@ -21,7 +21,7 @@ class PreparedBody:
 
 
 class Adapter(Protocol):
-    provider: Provider
+    kind: str  # the provider kind whose wire format this is
     endpoint: str
 
     def output_cap(self, request: dict) -> int | None:
@@ -41,6 +41,14 @@ class Adapter(Protocol):
 
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         """A fresh scanner for one streamed answer."""
+
+    def stream_error_event(self, message: str) -> bytes:
+        """The event that tells a client, in this format, that its stream broke."""
+
+
+# Optional, read with getattr: `billed = False` (forwarded free), `model_in_path =
+# True` (the model is in the path, not the body), `upstream_id(body)` (the
+# provider's id for an answer when no header carries one).
 
 
 def tier_field(data: dict | None) -> str | None:

@@ -71,6 +71,7 @@ def _output_deltas(block: bytes) -> int:
 
 
 class ChatScanner(StreamScanner):
+    usage_arrives_last = True  # the usage chunk is the last before [DONE]: it is final
     # the end, a usage object that is not null, an error
     rare = (b"[DONE]", _USAGE_OBJECT, b'"error"')
 
@@ -120,7 +121,7 @@ def _chat_part(part: dict, count: MediaCount) -> bool:
 
 
 class OpenAIChat:
-    provider = "openai"
+    kind = "openai"
     endpoint = "chat/completions"
 
     def output_cap(self, request: dict) -> int | None:
@@ -168,3 +169,7 @@ class OpenAIChat:
 
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         return ChatScanner(filtering=prepared.hide_usage_chunk)
+
+    def stream_error_event(self, message: str) -> bytes:
+        payload = {"error": {"message": message, "type": "server_error", "code": None}}
+        return b"data: " + orjson.dumps(payload) + b"\n\n"

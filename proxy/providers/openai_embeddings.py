@@ -48,7 +48,7 @@ class NoStream(StreamScanner):
 
 
 class OpenAIEmbeddings:
-    provider = "openai"
+    kind = "openai"
     endpoint = "embeddings"
     model_kind = "embedding"  # only `kind: embedding` models, and no others
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from proxy.errors import ProxyError
 from proxy.providers.base import PreparedBody, tier_field
 from proxy.providers.bounds import (
@@ -50,6 +52,7 @@ def response_id_of(response: dict) -> str | None:
 
 
 class ResponsesScanner(StreamScanner):
+    usage_arrives_last = True  # usage comes with the final event only
     rare = (*_FINAL_BYTES, b"event: error", _ERROR_TYPE)
 
     def count_deltas(self, events: bytes) -> int:
@@ -144,7 +147,7 @@ def _searches(request: dict) -> bool:
 
 
 class OpenAIResponses:
-    provider = "openai"
+    kind = "openai"
     endpoint = "responses"
 
     def output_cap(self, request: dict) -> int | None:
@@ -188,3 +191,7 @@ class OpenAIResponses:
 
     def scanner(self, prepared: PreparedBody) -> StreamScanner:
         return ResponsesScanner()
+
+    def stream_error_event(self, message: str) -> bytes:
+        payload = {"type": "error", "code": "upstream_error", "message": message, "param": None}
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"

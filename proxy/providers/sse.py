@@ -92,6 +92,9 @@ class StreamScanner:
     events holding a rare marker go through `on_event`."""
 
     rare: tuple[bytes | re.Pattern[bytes], ...] | None = None
+    # True where usage is only ever sent once, whole (so it is final even if the
+    # stream's end marker never came); False where it is a running count
+    usage_arrives_last = False
 
     def __init__(self, *, filtering: bool = False) -> None:
         self.filtering = filtering

@@ -1,0 +1,36 @@
+"""`/v1/{provider}/{tail}`: the provider by name (built in or added, as the
+key pool last loaded them), then its kind's route for the path (proxy.routes):
+metered, forwarded free, a model list, or 404 with nothing forwarded."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.free_endpoints import is_billed, serve_free
+from proxy.handlers import serve_metered
+from proxy.models import not_found, serve_listing
+from proxy.routes import listing, resolve
+from proxy.state import GATEWAY, REQUEST_ID
+
+# (provider, endpoint) labels of the request's metrics, set once it is routed
+ROUTE_LABELS = web.RequestKey("meterway_route_labels", tuple)
+
+
+async def provider_path(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    spec = gw.pool.spec(request.match_info["provider"])
+    if spec is None:
+        return await not_found(request)
+    tail = request.match_info["tail"]
+    if request.method == "POST":
+        call = resolve(spec, tail, request.query)
+        if call is not None:
+            request[ROUTE_LABELS] = (spec.name, call.adapter.endpoint)
+            serve = serve_metered if is_billed(call.adapter) else serve_free
+            return await serve(gw, request, call, request[REQUEST_ID])
+    elif request.method == "GET":
+        found = listing(spec, tail)
+        if found is not None:
+            request[ROUTE_LABELS] = (spec.name, "models")
+            return await serve_listing(request, spec, found)
+    return await not_found(request)
