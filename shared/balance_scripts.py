@@ -1,7 +1,8 @@
 """The Lua scripts that change a user's Redis view of balances and holds.
 
-Every key one script touches is one of the user's (`{u:<id>}`), so each script
-runs atomically in one cluster slot:
+Every key one script touches is one of the user's (they carry the hash tag of
+the user's shard, `shared.redis_keys`), so each script runs atomically in one
+cluster slot:
 
 - `bal` (hash): `units` (settled balance, nano-USD) and `ver` (the Postgres
   version it came from), `held` (sum of holds and pending charges), and for

@@ -10,6 +10,7 @@ holds` and the key's budget atomically.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from shared import balance_scripts as lua
 from shared import redis_keys
+from shared.cluster_runner import ClusterScriptRunner
 from shared.money import units_floor
 from shared.script_runner import LuaScript, ScriptRunner
 
@@ -66,10 +68,16 @@ class KeyBudget:
 class BalanceView:
     """Registers the scripts once per client; each call is one EVALSHA."""
 
-    def __init__(self, redis: Redis, runner: ScriptRunner | None = None) -> None:
-        """`runner`: run the hold on a pipelined connection (the proxy's hot path)."""
+    def __init__(
+        self, redis: Redis, runner: ScriptRunner | ClusterScriptRunner | None = None
+    ) -> None:
+        """`runner`: run the hold on a pipelined connection (the proxy's hot path), and
+        the scripts of many users at once (on a Redis Cluster, redis-py pipelines
+        no scripts: there a runner is required for `publish_many` and `extend_holds`)."""
         self._runner = runner
         self._hold_script = LuaScript(lua.HOLD)
+        self._publish_many_script = LuaScript(lua.PUBLISH_MANY)
+        self._extend_script = LuaScript(lua.EXTEND)
         self._hold = redis.register_script(lua.HOLD)
         self._release = redis.register_script(lua.RELEASE)
         self._publish_many = redis.register_script(lua.PUBLISH_MANY)
@@ -137,15 +145,26 @@ class BalanceView:
         balances: dict[int, tuple[Decimal, int]],
     ) -> None:
         """For each user: release the holds of `request_ids[user]` and publish
-        `balances[user]` (balance, version); one round trip for all of them."""
-        pipe = self._redis.pipeline(transaction=False)
+        `balances[user]` (balance, version); one round trip for all of them (one
+        per node of a cluster)."""
+        calls = []
         for user_id, ids in request_ids.items():
             balance, version = balances[user_id]
             head = [str(units_floor(balance)), str(version)]
             keys = redis_keys.user_keys(user_id)
             for start in range(0, len(ids), _PUBLISH_MANY_CHUNK):
-                args = head + ids[start : start + _PUBLISH_MANY_CHUNK]
-                await self._publish_many(keys=keys, args=args, client=pipe)
+                calls.append((keys, head + ids[start : start + _PUBLISH_MANY_CHUNK]))
+        await self._many(self._publish_many_script, self._publish_many, calls)
+
+    async def _many(self, script: LuaScript, registered, calls: list) -> None:
+        """Run `script` once per (keys, args): on the runner's connections (sent in
+        one write each), else in one redis-py pipeline."""
+        if self._runner is not None:
+            await asyncio.gather(*(self._runner.run(script, k, a) for k, a in calls))
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            await registered(keys=keys, args=args, client=pipe)
         await pipe.execute()
 
     async def reap_expired(self, user_id: int, limit: int = 500) -> list[tuple[str, int]]:
@@ -159,12 +178,15 @@ class BalanceView:
     async def extend_holds(self, request_ids: dict[int, list[str]], ttl_ms: int) -> None:
         """Keep the holds of requests still running from expiring: each user's
         listed holds expire `ttl_ms` from now. One round trip for all users."""
-        pipe = self._redis.pipeline(transaction=False)
-        for user_id, ids in request_ids.items():
-            for start in range(0, len(ids), _PUBLISH_MANY_CHUNK):
-                args = [str(ttl_ms), *ids[start : start + _PUBLISH_MANY_CHUNK]]
-                await self._extend(keys=[redis_keys.hold_expiry(user_id)], args=args, client=pipe)
-        await pipe.execute()
+        calls = [
+            (
+                [redis_keys.hold_expiry(user_id)],
+                [str(ttl_ms), *ids[start : start + _PUBLISH_MANY_CHUNK]],
+            )
+            for user_id, ids in request_ids.items()
+            for start in range(0, len(ids), _PUBLISH_MANY_CHUNK)
+        ]
+        await self._many(self._extend_script, self._extend, calls)
 
     async def held_units(self, user_id: int) -> int:
         value = await self._redis.hget(redis_keys.balance(user_id), "held")

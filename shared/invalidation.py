@@ -1,7 +1,8 @@
 """Cache invalidation messages from writers (CLI, dashboard, worker) to proxies.
 
 Proxies cache key lookups and provider state in process and drop entries when a
-message arrives on one Redis pub/sub channel. Messages are short strings:
+message arrives on one Redis pub/sub channel (on a cluster, a proxy subscribes
+on one node; a message published on any node reaches it). Messages are short strings:
 `key:<sha256 hex>`, `user:<id>`, `providers`, `cool:<provider key id>:<seconds>`.
 """
 
@@ -13,8 +14,11 @@ from shared.redis_keys import INVALIDATE_CHANNEL
 
 
 async def publish(redis: Redis, *messages: str) -> None:
+    """On a Redis Cluster the message goes to any node, and the cluster bus hands
+    it to the subscribers of every node (redis-py's cluster client has no
+    `publish`: the command is sent as it is)."""
     for message in messages:
-        await redis.publish(INVALIDATE_CHANNEL, message)
+        await redis.execute_command("PUBLISH", INVALIDATE_CHANNEL, message)
 
 
 def key_message(key_hash: bytes) -> str:

@@ -1,24 +1,58 @@
 """Every Redis key name Meterway uses, in one place.
 
-Per-user keys share the hash tag `{u:<id>}` so that a user's balance view,
-holds and hold expiries live in one cluster slot and one Lua script can touch
-them all.
+Redis Cluster: every Lua script touches keys of one slot. A user's keys
+(balance view, holds, hold expiries, key counters, rate windows) and the usage
+stream their enqueue appends to share one hash tag: the tag of the user's
+*shard*, one of `USAGE_SHARDS` (user id modulo 16). So the enqueue script, which
+turns the hold into a pending charge and appends the event, runs in one slot,
+and the workers read 16 streams (`usage_stream(shard)`) instead of one. The
+shard tags are chosen so that their slots spread evenly over the slot range
+(shard k's slot lies in [k * 1024, (k + 1) * 1024)): masters that own
+contiguous slot ranges, as `redis-cli --cluster create` assigns them, get
+equal numbers of shards. A single Redis uses the same names.
+
+The tags and the shard of a user are part of the stored layout: never change them.
 """
 
 from __future__ import annotations
 
 PREFIX = "mw"
 INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"
+USAGE_SHARD_TAGS = (
+    "q0.2", "q1.1", "q2.12", "q3.11", "q4.42", "q5.41", "q6.62", "q7.61",
+    "q8.12", "q9.11", "q10.1", "q11.2", "q12.61", "q13.62", "q14.23", "q15.20",
+)  # fmt: skip
+USAGE_SHARDS = len(USAGE_SHARD_TAGS)
 USAGE_STREAM = f"{PREFIX}:usage"
-"""Stream of usage events from proxies to workers (consumer group `settlers`)."""
+"""The one usage stream of the layout before shards: nothing appends to it any
+more; workers still drain it (an upgrade leaves no event behind)."""
 USAGE_DEAD_LETTERS = f"{PREFIX}:usage:dead"
 """Stream of usage events no worker could settle (unknown model or user), for the operator."""
 ARQ_QUEUE = f"{PREFIX}:arq"
 """arq's queue for the worker's own periodic jobs."""
 
 
+def shard_of(user_id: int) -> int:
+    return user_id % USAGE_SHARDS
+
+
+def usage_stream(shard: int) -> str:
+    """Stream of usage events from proxies to workers (consumer group `settlers`),
+    of the users of one shard."""
+    return f"{PREFIX}:{{{USAGE_SHARD_TAGS[shard]}}}:usage"
+
+
+USAGE_STREAMS = tuple(usage_stream(shard) for shard in range(USAGE_SHARDS))
+"""Every stream a worker reads: the shards, then the stream of the old layout."""
+ALL_USAGE_STREAMS = (*USAGE_STREAMS, USAGE_STREAM)
+
+
+def user_usage_stream(user_id: int) -> str:
+    return USAGE_STREAMS[user_id % USAGE_SHARDS]
+
+
 def _user(user_id: int) -> str:
-    return f"{PREFIX}:{{u:{user_id}}}"
+    return f"{PREFIX}:{{{USAGE_SHARD_TAGS[user_id % USAGE_SHARDS]}}}:u:{user_id}"
 
 
 def balance(user_id: int) -> str:
@@ -66,13 +100,13 @@ def cooling(provider_key_id: int) -> str:
     return f"{PREFIX}:cooling:{provider_key_id}"
 
 
-HOLD_EXPIRY_PATTERN = f"{PREFIX}:{{u:*}}:holdexp"
+HOLD_EXPIRY_PATTERN = f"{PREFIX}:{{q*}}:u:*:holdexp"
 
 
 def user_id_of(key: str | bytes) -> int:
     """The user id inside a per-user key name."""
     text = key.decode() if isinstance(key, bytes) else key
-    return int(text.split("{u:", 1)[1].split("}", 1)[0])
+    return int(text.split("}:u:", 1)[1].split(":", 1)[0])
 
 
 def daily_counter(day_iso: str, kind: str, name: str | int) -> str:

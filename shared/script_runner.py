@@ -109,6 +109,27 @@ class ScriptRunner:
         await self._call(_pack("SCRIPT", "LOAD", script.source))
         return await self._call(command)
 
+    async def run_asking(self, script: LuaScript, keys: list[str], args: list[str]) -> object:
+        """`run` preceded by ASKING on the same connection, in the same write (a
+        Redis Cluster node importing the slot then serves it: an ASK redirection)."""
+        command = _pack("EVALSHA", script.sha, str(len(keys)), *keys, *args)
+        conn = self._conn or await self._connect()
+        asking, reply = conn.call(_pack("ASKING")), conn.call(command)
+        try:
+            await asking
+        finally:
+            result = await reply
+        if isinstance(result, hiredis.ReplyError):
+            if str(result).startswith("NOSCRIPT"):
+                await self._call(_pack("SCRIPT", "LOAD", script.source))
+                return await self.run_asking(script, keys, args)
+            raise ResponseError(str(result))
+        return result
+
+    async def command(self, *parts: str) -> object:
+        """Any other command, on the same connection (CLUSTER SLOTS, for one)."""
+        return await self._call(_pack(*parts))
+
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()

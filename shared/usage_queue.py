@@ -1,4 +1,8 @@
-"""The usage-event queue: a Redis stream the proxy appends to in one script.
+"""The usage-event queue: Redis streams the proxy appends to in one script.
+
+One stream per shard of users (`shared.redis_keys.usage_stream`): a user's
+event goes to the stream whose hash tag the user's keys carry, so that the
+script below touches one Redis Cluster slot.
 
 The proxy appends the event (JSON) to the stream and, in the same atomic Lua
 script, turns the request's hold into a *pending charge*: its amount becomes
@@ -18,6 +22,7 @@ from redis.asyncio import Redis
 
 from shared import redis_keys
 from shared.balance_scripts import UNTAG
+from shared.cluster_runner import ClusterScriptRunner
 from shared.events import EncodedUsageEvent, UsageEvent
 from shared.script_runner import LuaScript, ScriptRunner
 
@@ -69,7 +74,9 @@ _REMEMBER_MS = 30 * 24 * 3600 * 1000
 
 
 class UsageQueue:
-    def __init__(self, redis: Redis, runner: ScriptRunner | None = None) -> None:
+    def __init__(
+        self, redis: Redis, runner: ScriptRunner | ClusterScriptRunner | None = None
+    ) -> None:
         """`runner`: run the script on a pipelined connection (the proxy's hot path)."""
         self._script = redis.register_script(_ENQUEUE)
         self._lua = LuaScript(_ENQUEUE)
@@ -92,7 +99,7 @@ class UsageQueue:
         tokens = event.token_count if rate_window else 0
         keys = [
             *redis_keys.user_keys(user),
-            redis_keys.USAGE_STREAM,
+            redis_keys.user_usage_stream(user),
             rate_window or redis_keys.balance(user),
         ]
         args = [
@@ -112,3 +119,47 @@ class UsageQueue:
             await self._runner.run(self._lua, keys, args)
         else:
             await self._script(keys=keys, args=args)
+
+
+async def queue_depth(redis: Redis) -> tuple[int, int | None]:
+    """Usage events queued and not settled yet, over every stream (entries are
+    deleted once settled), and the epoch milliseconds of the oldest (stream ids
+    start with them), or None. One round trip (one per node of a cluster)."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in redis_keys.ALL_USAGE_STREAMS:
+        pipe.xlen(stream)
+        pipe.xrange(stream, count=1)
+    answers = await pipe.execute()
+    depth = sum(answers[::2])
+    firsts = [int(first[0][0].split(b"-")[0]) for first in answers[1::2] if first]
+    return depth, min(firsts) if firsts else None
+
+
+async def pending_count(redis: Redis) -> int:
+    """Entries read by a worker and not acknowledged yet, over every stream."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in redis_keys.ALL_USAGE_STREAMS:
+        pipe.xpending(stream, GROUP)
+    total = 0
+    for answer in await pipe.execute(raise_on_error=False):
+        if isinstance(answer, dict):
+            total += int(answer["pending"])
+    return total
+
+
+async def consumers(redis: Redis) -> list[dict]:
+    """The group's consumers (workers' lanes) with their smallest idle time over
+    every shard stream: one entry per consumer name."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in redis_keys.USAGE_STREAMS:
+        pipe.xinfo_consumers(stream, GROUP)
+    seen: dict[bytes, dict] = {}
+    for answer in await pipe.execute(raise_on_error=False):
+        if isinstance(answer, Exception):
+            continue
+        for consumer in answer:
+            name = consumer["name"]
+            best = seen.get(name)
+            if best is None or int(consumer["idle"]) < int(best["idle"]):
+                seen[name] = consumer
+    return list(seen.values())

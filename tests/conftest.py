@@ -31,7 +31,8 @@ from shared.db import api_keys, providers, users
 from shared.db.migrate import migrate
 from shared.keys import SecretBox, hash_proxy_key, new_proxy_key, visible_prefix
 from simulator.app import start as start_simulator
-from tests.stack import RedisServer, Stack
+from tests import cluster
+from tests.stack import Stack
 from tests.util import SECRET_KEY, free_port
 from worker.main import create_worker
 
@@ -96,6 +97,12 @@ async def redis_url() -> AsyncIterator[str]:
     client = Redis.from_url(url)
     await client.flushdb()
     await client.aclose()
+    if cluster.CLUSTER:  # TEST_REDIS_CLUSTER=1: a local 3-master cluster (arq stays on url)
+        server = cluster.RedisClusterServer()
+        await server.start()
+        yield server.url
+        await server.destroy()
+        return
     yield url
 
 
@@ -108,7 +115,7 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = cluster.client(redis_url)
     yield client
     await client.aclose()
 
@@ -160,6 +167,7 @@ def settings(database_url: str, redis_url: str, upstream: Upstream, catalog_path
         # Without an SMTP_URL its mailer would mark their alerts "not mailed"; with one
         # that refuses at once it leaves them for the workers that can mail them.
         smtp_url="smtp://127.0.0.1:9",
+        **cluster.settings_overrides(),
     )
 
 
@@ -289,18 +297,19 @@ async def wait_holds_released(redis: Redis, user_id: int, timeout: float = 10.0)
 
 @pytest.fixture
 async def private_redis():
-    server = RedisServer()
+    server = cluster.private_server()
     await server.start()
-    client = Redis.from_url(server.url)
+    client = cluster.client(server.url)
     yield server, client
     await client.aclose()
-    await server.stop()
+    await (server.destroy() if hasattr(server, "destroy") else server.stop())
 
 
 @pytest.fixture
 async def stack(database_url, private_redis, upstream, catalog_path):
     server, _ = private_redis
     s = Stack(database_url, server.url, upstream.base, str(catalog_path))
+    s.extra_env = getattr(server, "env", {})  # a cluster's settings
     yield s
     await s.stop_all()
 

@@ -15,7 +15,7 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import redis_keys
+from shared import redis_client, redis_keys
 from shared.balance_view import BalanceView
 from shared.catalog import load_catalog
 from shared.config import Settings
@@ -32,7 +32,8 @@ log = structlog.get_logger("meterway.worker")
 
 
 async def reap_holds(ctx: dict) -> int:
-    return await reap_orphaned_holds(ctx["redis"], ctx["deps"].pg)
+    deps: SettleDeps = ctx["deps"]
+    return await reap_orphaned_holds(deps.redis, deps.pg, deps.view)
 
 
 async def settle_spooled(ctx: dict) -> int:
@@ -51,11 +52,18 @@ def worker_options(settings: Settings) -> dict:
     timeout = settings.settle_job_timeout
 
     async def startup(ctx: dict) -> None:
+        # arq's queue may live on another Redis (ARQ_REDIS_URL: always with a cluster)
         redis: ArqRedis = ctx["redis"]
+        if settings.redis_cluster or settings.arq_url != settings.redis_url:
+            redis = ctx["data_redis"] = redis_client.connect(settings)
+        # a cluster pipelines no scripts in redis-py: a batch's releases go by the runner
+        runner = ctx["runner"] = (
+            redis_client.script_runner(settings) if settings.redis_cluster else None
+        )
         ctx["deps"] = deps = SettleDeps(
             pg=await create_pool(settings.database_url, min_size=1, max_size=10),
             catalog=load_catalog(settings.model_catalog),
-            view=BalanceView(redis),
+            view=BalanceView(redis, runner),
             redis=redis,
             settings=settings,
         )
@@ -91,6 +99,10 @@ def worker_options(settings: Settings) -> dict:
         deps: SettleDeps | None = ctx.get("deps")
         if deps is not None:
             await deps.pg.close()
+        if ctx.get("runner") is not None:
+            await ctx["runner"].close()
+        if ctx.get("data_redis") is not None:
+            await ctx["data_redis"].aclose()
 
     return {
         "functions": [],
@@ -103,7 +115,7 @@ def worker_options(settings: Settings) -> dict:
         "on_startup": startup,
         "on_shutdown": shutdown,
         "queue_name": redis_keys.ARQ_QUEUE,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": RedisSettings.from_dsn(settings.arq_url),
         "keep_result": 60,
         "poll_delay": 0.5,
     }

@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
-from shared import redis_keys
+from shared import usage_queue
 
 log = structlog.get_logger("meterway.worker.metrics")
 
@@ -76,15 +76,11 @@ class WorkerMetrics:
 
     async def measure(self, redis, pg) -> None:
         """Queue depth and settlement lag, now."""
-        stream = redis_keys.USAGE_STREAM
-        pipe = redis.pipeline(transaction=False)
-        pipe.xlen(stream)
-        pipe.xrange(stream, count=1)
-        depth, first = await pipe.execute()
+        depth, first_ms = await usage_queue.queue_depth(redis)
         now = time.time()
         oldest = now
-        if first:
-            oldest = int(first[0][0].split(b"-")[0]) / 1000
+        if first_ms is not None:
+            oldest = first_ms / 1000
         spooled = await pg.fetchval(
             "SELECT extract(epoch FROM min(created_at)) FROM spooled_events"
         )

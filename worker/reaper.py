@@ -19,8 +19,11 @@ from shared.money import units_to_usd
 log = structlog.get_logger("meterway.reaper")
 
 
-async def reap_orphaned_holds(redis: Redis, pg: asyncpg.Pool) -> int:
-    view = BalanceView(redis)
+async def reap_orphaned_holds(
+    redis: Redis, pg: asyncpg.Pool, view: BalanceView | None = None
+) -> int:
+    """Every user's hold-expiry set (on a cluster, SCAN visits every master)."""
+    view = view or BalanceView(redis)
     released = 0
     async for key in redis.scan_iter(match=redis_keys.HOLD_EXPIRY_PATTERN, count=1000):
         user_id = redis_keys.user_id_of(key)
