@@ -15,7 +15,10 @@ process answers, sums all of them (`proxy.metrics.Metrics`).
 
 SIGTERM or SIGINT to the supervisor goes to every process, each drains as a
 single proxy does (`proxy.app.run`), and the supervisor exits 0 when all have
-exited 0. A process that dies while not shutting down is started again.
+exited 0. A process that dies while not shutting down is started again. A
+supervisor that is killed outright (SIGKILL) leaves no process behind: each
+asks the kernel for SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG) and
+drains like any proxy; one whose parent is already gone when it starts exits.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from shared.config import Settings
 log = structlog.get_logger("meterway.serve")
 
 LISTEN_FD = "METERWAY_LISTEN_FD"
+SUPERVISOR_PID = "METERWAY_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
 _CHILD = "import sys; from meterway.commands.serve import child; sys.exit(child())"
 
 
@@ -53,7 +58,12 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
     """Run `workers` proxy processes on host:port until SIGTERM or SIGINT."""
     sock = listening_socket(host, port)
     metrics_dir = tempfile.mkdtemp(prefix="meterway-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, LISTEN_FD: str(sock.fileno())}
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        LISTEN_FD: str(sock.fileno()),
+        SUPERVISOR_PID: str(os.getpid()),
+    }
     env.pop("PROXY_WORKERS", None)
     procs: dict[int, subprocess.Popen] = {}
     started: dict[int, float] = {}
@@ -118,9 +128,25 @@ def child() -> int:
     from shared.config import get_settings
     from shared.logs import configure_logging, use_fast_event_loop
 
+    _die_with_supervisor()
     configure_logging()
     use_fast_event_loop()
     host, port = sys.argv[1], int(sys.argv[2])
     sock = socket.socket(fileno=int(os.environ.pop(LISTEN_FD)))
     run(get_settings(), host, port, sock=sock)
     return 0
+
+
+def _die_with_supervisor() -> None:
+    """SIGTERM to this process when the supervisor dies, even by SIGKILL (Linux);
+    elsewhere, or if the supervisor is already gone, the check below still holds."""
+    supervisor = int(os.environ.pop(SUPERVISOR_PID, "0") or 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("parent_death_signal_not_set", errno=ctypes.get_errno())
+    if supervisor and os.getppid() != supervisor:  # it died before the line above
+        sys.exit(0)
