@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import jinja2
 from aiohttp import web
 
 from proxy.auth import presented_key
-from proxy.state import GATEWAY
-from shared.catalog import ModelPrice
-from shared.money import usd_str
+from proxy.price_rows import price_tables
+from proxy.state import GATEWAY, SETTINGS
+from proxy.static_files import public_file
+from shared import public_urls
+
+__all__ = ["docs_page", "pricing_page", "public_file"]
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("proxy", "templates"), autoescape=True)
+SCREENSHOT = "/public/images/api-key.png"
 
 
 def _html(template: str, **context: object) -> web.Response:
@@ -20,28 +22,17 @@ def _html(template: str, **context: object) -> web.Response:
     return web.Response(text=text, content_type="text/html")
 
 
+def _links(request: web.Request) -> dict[str, str]:
+    """This proxy's public base URL (the SDKs' base URLs start with it) and the
+    dashboard's, from PUBLIC_PROXY_URL / DASHBOARD_URL or the request's host."""
+    settings = request.app[SETTINGS]
+    scheme = request.scheme
+    base = (settings.public_proxy_url or "").strip().rstrip("/") or f"{scheme}://{request.host}"
+    return {"base": base, "dashboard": public_urls.dashboard_url(settings, scheme, request.host)}
+
+
 async def docs_page(request: web.Request) -> web.Response:
-    return _html("docs.html", title="Docs", base=f"{request.scheme}://{request.host}")
-
-
-def _row(name: str, m: ModelPrice, rate: Decimal | None) -> dict[str, str]:
-    def price(value: Decimal) -> str:
-        return usd_str(value * m.multiplier)
-
-    anthropic = m.provider == "anthropic"
-    row = {
-        "name": name,
-        "provider": m.provider,
-        "input": price(m.input_per_mtok),
-        "output": price(m.output_per_mtok),
-        "cache_read": price(m.cache_read),
-        "cache_write": price(m.cache_write) if anthropic else "-",
-        "cache_write_1h": price(m.cache_write_1h) if anthropic else "-",
-    }
-    if rate is not None:
-        row["my_input"] = price(m.input_per_mtok * rate)
-        row["my_output"] = price(m.output_per_mtok * rate)
-    return row
+    return _html("docs.html", title="Docs", screenshot=SCREENSHOT, **_links(request))
 
 
 async def pricing_page(request: web.Request) -> web.Response:
@@ -51,6 +42,5 @@ async def pricing_page(request: web.Request) -> web.Response:
     if key:
         owner = await gw.keys.lookup(key)
         rate = owner.rate_multiplier if owner else None
-    models = sorted(gw.catalog.models.items(), key=lambda item: (item[1].provider, item[0]))
-    rows = [_row(name, m, rate) for name, m in models]
-    return _html("pricing.html", title="Prices", rows=rows, rate=rate)
+    tables = price_tables(gw.catalog, rate)
+    return _html("pricing.html", title="Prices", rate=rate, **tables, **_links(request))

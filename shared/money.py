@@ -12,6 +12,7 @@ import re
 from decimal import (
     ROUND_CEILING,
     ROUND_FLOOR,
+    ROUND_HALF_EVEN,
     Context,
     Decimal,
     DivisionByZero,
@@ -146,3 +147,70 @@ def add_exact(a: Decimal, b: Decimal) -> Decimal:
     """a + b without rounding (raises rather than lose a digit)."""
     with exact():
         return a + b
+
+
+# --- one display rule for people (dashboard, /docs, CLI text, alert mails) -------------------
+# JSON, CSV and the dashboard's hover keep the exact value (`usd_str`); what people read
+# follows this rule: a `$` prefix, thousands separators, 2 decimals for amounts of a cent
+# or more; a cost under a dollar, and any amount under a cent, with 4 significant digits
+# (`$0.3008`, `$0.01881`, `$0.00000735`), so a sub-cent amount never reads `$0.00`.
+
+_CENT = Decimal("0.01")
+
+
+def _significant(magnitude: Decimal, digits: int = 4) -> str:
+    """0 < magnitude < 1 with `digits` significant digits, trailing zeros trimmed
+    down to 2 decimals (`0.3008`, `0.50`, `0.00000735`)."""
+    places = max(2, digits - magnitude.adjusted() - 1)
+    text = format(magnitude.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
+def usd_display(amount: Decimal | int | str | None, *, cost: bool = False) -> str:
+    """The display rule: `$1,234.57` (balances, totals, thresholds), a `cost` under
+    a dollar and any amount under a cent with 4 significant digits; `-` for None."""
+    if amount is None:
+        return "-"
+    value = to_decimal(amount)
+    sign = "-" if value < 0 else ""
+    magnitude = abs(value)
+    if 0 < magnitude < (1 if cost else _CENT):
+        text = _significant(magnitude)
+        if text not in ("1.00", "0.01"):  # rounding did not reach the next rule's range
+            return f"{sign}${text}"
+    shown = magnitude.quantize(_CENT, rounding=ROUND_HALF_EVEN)
+    return f"{sign if shown else ''}${shown:,.2f}"
+
+
+def usd_exact(amount: Decimal | int | str) -> str:
+    """Every digit, for text a person may copy (`$10.045678901`); no separators."""
+    value = to_decimal(amount)
+    text = usd_str(abs(value))
+    return f"{'-' if value < 0 else ''}${text}"
+
+
+def usd_display_exact(amount: Decimal | int | str) -> str:
+    """`usd_display`, followed by the exact value where the display rounded it:
+    `$10.05 (exactly $10.045678901)`; for one-off confirmations in the CLI."""
+    shown = usd_display(amount)
+    exact_text = usd_exact(amount)
+    if shown.replace(",", "") in (exact_text, exact_text + "0", exact_text + ".00"):
+        return shown
+    return f"{shown} (exactly {exact_text})"
+
+
+def price_display(amount: Decimal | int | str | None) -> str:
+    """A unit price (per million tokens, per call): exact, never rounded, at least
+    2 decimals, thousands separated (`$2.50`, `$0.075`, `$5.625`, `$1,250.00`)."""
+    if amount is None:
+        return "-"
+    value = to_decimal(amount)
+    text = usd_str(abs(value))
+    whole, _, frac = text.partition(".")
+    return f"{'-' if value < 0 else ''}${int(whole):,}.{frac.ljust(2, '0')}"
+
+
+def tokens_display(count: int | None) -> str:
+    """Token counts with thousands separators (`1,234,567`); `-` for None."""
+    return "-" if count is None else f"{int(count):,}"
