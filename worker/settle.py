@@ -31,6 +31,7 @@ from shared.config import Settings
 from shared.events import UsageEvent
 from shared.money import exact
 from shared.pricing import cost_usd
+from shared.tracing import settle_span
 from worker import batch_sql
 from worker.alerts import Charge, Payer, check_after_batch
 from worker.metrics import METRICS
@@ -67,6 +68,7 @@ def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
     return list(seen.values())
 
 
+@settle_span
 async def settle_batch(deps: SettleDeps, events: list[UsageEvent]) -> list[Settlement]:
     """Settle events; an event of an unpriced model or unknown user raises before
     anything is written, so the caller can set it aside and settle the rest."""
