@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from dashboard import proxy_metrics
 from dashboard.common import (
     SESSION_KEY,
     FormError,
@@ -19,6 +20,7 @@ from dashboard.common import (
     flash_redirect,
     has_control,
     int_param,
+    log,
     page_number,
     parse_amount,
     query_text,
@@ -300,7 +302,13 @@ async def system_page(request: web.Request) -> web.StreamResponse:
     keys = [{"id": k.id, "provider": k.provider, "name": k.name, "prefix": k.prefix,
              "status": provider_state.key_status(k.status, k.id, cooling)}
             for k in await db.list_keys(st.pg)]  # fmt: skip
+    try:
+        rates = await proxy_metrics.collect(proxy_metrics.metrics_urls(st.settings), st.redis)
+    except Exception as exc:  # the page loads whatever the proxies do
+        log.warning("proxy_metrics_unread", error=str(exc)[:200])
+        rates = proxy_metrics.Rates(failed=[("proxies", str(exc)[:120])])
     return render(request, "admin_system.html", {"title": "System", "facts": facts,
+                  "rates": rates,
                   "health": health, "keys": keys, "providers": await db.list_providers(st.pg),
                   "reconcile": await st.sessions.pop_flash(request[SESSION_KEY]),
                   "now": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})  # fmt: skip

@@ -25,6 +25,7 @@ from dashboard.common import (
     int_param,
     log,
     money_text,
+    page_number,
     parse_amount,
     parse_multiplier,
     query_text,
@@ -41,14 +42,20 @@ from shared.money import units_to_usd, usd_str
 from shared.passwords import MAX_PASSWORD
 
 MAX_EMAIL = 320
+USERS_PAGE = 50
 
 
 @admin_required
 async def users_list(request: web.Request) -> web.StreamResponse:
     query = query_text(request, "q", 200)
-    rows = await q.search_users(state(request).pg, query)
-    return render(request, "admin_users.html", {"title": "Users", "rows": rows, "q": query,
-                  "flash": await take_flash(request)})  # fmt: skip
+    page = page_number(request)
+    rows = await q.search_users(state(request).pg, query, limit=USERS_PAGE + 1,
+                                offset=(page - 1) * USERS_PAGE)  # fmt: skip
+    return render(request, "admin_users.html", {
+        "title": "Users", "rows": rows[:USERS_PAGE], "q": query, "page": page,
+        "more": len(rows) > USERS_PAGE, "query": {"q": query} if query else {},
+        "flash": await take_flash(request),
+    })  # fmt: skip
 
 
 @admin_required
@@ -162,7 +169,8 @@ async def user_credit(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # the proxy rebuilds a missing view from Postgres
         log.warning("balance_view_not_updated", error=str(exc))
     await flash_redirect(request, f"/admin/users/{target.id}",
-                         f"Balance changed by {amount} USD; now {balance} USD.")  # fmt: skip
+                         f"Balance changed by {money_text(amount, cost=True)} (exactly"
+                         f" {usd_str(amount)} USD); now {money_text(balance)}.")  # fmt: skip
 
 
 @admin_required
@@ -187,13 +195,22 @@ async def user_settings(request: web.Request) -> web.StreamResponse:
                                             negative=False)  # fmt: skip
     except FormError as exc:
         return await _detail(request, target, error=str(exc), status=400)
+    reason = None
+    if disabled and not target.disabled:  # every key stops working: confirm it first
+        reason, page = confirmed(
+            request, form, title=f"Disable {target.email}?", button="Disable user",
+            message="Every API key of this user gets 401 and every dashboard session ends,"
+            " until the user is enabled again.", back=f"/admin/users/{target.id}",
+        )  # fmt: skip
+        if page is not None:
+            return page
     before = audit.user_fields(target, fields)
     changed = {k: v for k, v in fields.items() if before[k] != v}
     async with st.pg.acquire() as conn, conn.transaction():
         await users.update(conn, target.id, **fields)
         if changed:
             await audit.record(conn, actor(request), "user.set", f"user:{target.email}",
-                               {k: before[k] for k in changed}, changed)  # fmt: skip
+                               {k: before[k] for k in changed}, changed, reason)  # fmt: skip
     await st.notify(invalidation.user_message(target.id))
     if disabled:  # every dashboard session of the user ends now, not at its next request
         await st.sessions.delete_all_for_user(target.id)

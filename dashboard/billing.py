@@ -22,6 +22,7 @@ from dashboard.common import (
     int_param,
     log,
     login_required,
+    page_number,
     parse_amount,
     render,
     state,
@@ -35,6 +36,7 @@ from shared.redeem import Redeemer, RedeemRefused
 
 _MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 MAX_BATCH = 1000
+CODES_PAGE = 100
 
 
 def _month(request: web.Request) -> tuple[str, datetime, datetime]:
@@ -142,9 +144,13 @@ async def redeem(request: web.Request) -> web.StreamResponse:
 
 
 async def _codes_page(request: web.Request, *, error: str | None = None, status: int = 200):
-    rows = await codes.list_codes(state(request).pg, 500)
+    page = page_number(request)
+    # newest first; the table is small, so a page is the tail of the first page * n + 1
+    rows = await codes.list_codes(state(request).pg, page * CODES_PAGE + 1)
+    shown = rows[(page - 1) * CODES_PAGE : page * CODES_PAGE]
     return render(request, "admin_codes.html", {
-        "title": "Redemption codes", "rows": rows, "error": error,
+        "title": "Redemption codes", "rows": shown, "error": error, "page": page,
+        "more": len(rows) > page * CODES_PAGE, "query": {},
         "flash": await take_flash(request), "once": secrets.token_urlsafe(16),
     }, status=status)  # fmt: skip
 

@@ -10,7 +10,7 @@ from markupsafe import Markup, escape
 from shared.money import usd_str
 
 WIDTH, HEIGHT = 600, 200
-LEFT, RIGHT, TOP, BOTTOM = 56, 8, 12, 28
+LEFT, RIGHT, TOP, BOTTOM = 92, 30, 16, 34
 
 
 def _label(value: Decimal) -> str:
@@ -59,33 +59,5 @@ def spend_chart(points: list[tuple[date, Decimal]]) -> Markup:
                 f'<text x="{x + bar_w / 2:.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
                 f"{day.strftime('%m-%d')}</text>"
             )
-    parts.append("</svg>")
-    return Markup("".join(parts))
-
-
-def share_chart(items: list[tuple[str, Decimal]], what: str) -> Markup:
-    """Horizontal bars, one per item (a model or a key), longest for the biggest
-    spend; each bar's tooltip has the exact amount."""
-    if not items:
-        return Markup("")
-    row_h, label_w, width = 26, 210, 600
-    top = max((v for _, v in items), default=Decimal(0))
-    scale = top if top > 0 else Decimal(1)
-    height = row_h * len(items) + 4
-    parts = [
-        f'<svg class="chart share" viewBox="0 0 {width} {height}" role="img"'
-        f' aria-label="Spend by {escape(what)}" xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for i, (name, value) in enumerate(items):
-        y = i * row_h + 4
-        w = float(value / scale) * (width - label_w - 90)
-        shown = name if len(name) <= 26 else name[:25] + "…"
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{escape(shown)}</text>'
-            f'<rect x="{label_w}" y="{y + 2}" width="{max(w, 1.5 if value > 0 else 0):.1f}"'
-            f' height="{row_h - 8}" class="hbar"><title>{escape(name)}: ${usd_str(value)}'
-            f"</title></rect>"
-            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{escape(_label(value))}</text>'
-        )
     parts.append("</svg>")
     return Markup("".join(parts))

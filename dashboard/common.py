@@ -33,6 +33,7 @@ from dashboard.sessions import (
 from shared import invalidation, money
 from shared.balance_view import BalanceView
 from shared.config import Settings
+from shared.db import dashboard as dashboard_queries
 from shared.db import users
 from shared.money import usd_str
 
@@ -116,8 +117,9 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[USER_KEY] = user
     if user is not None and request.method == "GET":  # the banner while a provider is paused
         try:
-            request[PAUSED_KEY] = [r["name"] for r in await st.pg.fetch(
-                "SELECT name FROM providers WHERE paused ORDER BY name")]  # fmt: skip
+            request[PAUSED_KEY] = await dashboard_queries.paused_for(
+                st.pg, user.id, everyone=user.is_admin
+            )
         except Exception:
             request[PAUSED_KEY] = []
     if request.method == "POST":

@@ -28,7 +28,7 @@ async def prices_page(request: web.Request) -> web.StreamResponse:
         catalog, error = None, "The price list cannot be read right now."
     if catalog is not None:
         for name, model in sorted(catalog.models.items(), key=lambda i: (i[1].provider, i[0])):
-            base = model.base()
+            base = model.base
             factor = rate * model.multiplier
             rows.append({
                 "name": name, "provider": model.provider, "kind": model.kind,

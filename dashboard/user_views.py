@@ -15,7 +15,7 @@ from datetime import date
 from aiohttp import web
 
 from dashboard import key_controls
-from dashboard.chart import share_chart, spend_chart
+from dashboard.chart import spend_chart
 from dashboard.common import (
     FormError,
     confirmed,
@@ -234,8 +234,8 @@ async def usage(request: web.Request) -> web.StreamResponse:
         "model": f.model or "", "models": await q.usage_models(st.pg, user.id),
         "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.name, k.id)),
         "error": f.error, "by_model": by_model, "by_key": key_rows,
-        "model_chart": share_chart([(r["model"], r["spend"]) for r in by_model[:12]], "model"),
-        "key_chart": share_chart([(r["label"], r["spend"]) for r in key_rows[:12]], "key"),
+        "model_top": max((r["spend"] for r in by_model), default=0),
+        "key_top": max((r["spend"] for r in key_rows), default=0),
         "balance": fresh.balance_usd, "held": held, "available": fresh.balance_usd - held,
         "spend_today": await _spend_today(request, user.id), "chart": spend_chart(points),
         "month_total": sum((v for _, v in points)),

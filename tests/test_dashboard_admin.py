@@ -142,8 +142,12 @@ async def test_operator_changes_rate_and_disables_a_user(
     await browser.login(admin)
     await other_browser.login(user)
     pubsub = await _listen(redis)
+    form = {"rate_multiplier": "1.2", "disabled": "on"}
+    status, text, _ = await browser.post(f"/admin/users/{user.id}/settings", form)
+    assert status == 200 and 'id="confirm-form"' in text  # disabling asks first
+    assert not await pg.fetchval("SELECT disabled FROM users WHERE id = $1", user.id)
     status, _, _ = await browser.post(
-        f"/admin/users/{user.id}/settings", {"rate_multiplier": "1.2", "disabled": "on"}
+        f"/admin/users/{user.id}/settings", {**form, "confirm": "yes", "reason": "abuse"}
     )
     assert status == 303
     assert f"user:{user.id}" in await _messages(pubsub)

@@ -38,6 +38,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 SHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
+# the key page, as the proxy's developer docs show it (served at /public/images/api-key.png)
+API_KEY_IMAGE = Path(__file__).resolve().parents[1] / "proxy" / "static" / "images" / "api-key.png"
 if SHOTS:
     Path(SHOTS).mkdir(parents=True, exist_ok=True)
 
@@ -120,6 +122,9 @@ async def test_user_creates_uses_sees_and_revokes_a_key(
         assert secret.startswith("mw-")
         assert await page.is_visible("button.copy")
         await shoot(page, "keys")
+        if SHOTS:  # the developer docs show this page at /public/images/api-key.png
+            API_KEY_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(API_KEY_IMAGE), full_page=False)
 
         client = openai_client(proxy_url, secret)
         raw = await _chat(client)

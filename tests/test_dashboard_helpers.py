@@ -133,6 +133,7 @@ async def add_usage(
     cost: str = "0.00125",
     created_at: datetime | None = None,
     estimated: bool = False,
+    api_key_id: int | None = None,
 ) -> str:
     """A settled usage record written the way the worker writes it: with its
     ledger charge and balance change, so the books still reconcile."""
@@ -141,14 +142,15 @@ async def add_usage(
         await conn.execute(
             "INSERT INTO usage_records (request_id, user_id, provider, model, endpoint, stream,"
             " input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,"
-            " estimated, created_at) VALUES ($1, $2, 'openai', $3, 'chat/completions', false,"
-            " 12, 30, 0, 0, $4, $5, $6)",
+            " estimated, created_at, api_key_id) VALUES ($1, $2, 'openai', $3,"
+            " 'chat/completions', false, 12, 30, 0, 0, $4, $5, $6, $7)",
             request_id,
             user_id,
             model,
             Decimal(cost),
             estimated,
             created_at or datetime.now(UTC),
+            api_key_id,
         )
         await users.change_balance(
             conn, user_id, -Decimal(cost), kind="charge", request_id=request_id

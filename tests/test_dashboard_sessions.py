@@ -204,7 +204,8 @@ async def test_disabling_ends_every_session_at_once(
     assert await redis.exists(key)
     await redis.delete(redis_keys.dashboard_user_sessions(user.id))  # even if the set is gone
     status, _, _ = await browser.post(
-        f"/admin/users/{user.id}/settings", {"rate_multiplier": "1", "disabled": "on"}
+        f"/admin/users/{user.id}/settings",
+        {"rate_multiplier": "1", "disabled": "on", "confirm": "yes", "reason": "test"},
     )
     assert status == 303
     generation = await redis.get(redis_keys.dashboard_user_generation(user.id))

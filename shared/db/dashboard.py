@@ -132,14 +132,16 @@ async def daily_spend(
 # --- operators -------------------------------------------------------------------------------
 
 
-async def search_users(conn: Conn, query: str, limit: int = 100) -> list[asyncpg.Record]:
-    pattern = "%" + query.strip().lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
+async def search_users(
+    conn: Conn, query: str, limit: int = 100, offset: int = 0
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, email, is_admin, disabled, rate_multiplier, balance_usd, created_at,"
         " (password_hash IS NOT NULL) AS has_password FROM users"
-        " WHERE email LIKE $1 ORDER BY email LIMIT $2",
-        pattern,
+        " WHERE email LIKE $1 ORDER BY email LIMIT $2 OFFSET $3",
+        _like(query.strip().lower()),
         limit,
+        offset,
     )
 
 
@@ -159,6 +161,24 @@ async def provider_spend_since(conn: Conn, since: datetime) -> dict[str, Decimal
         since,
     )
     return {r["provider"]: Decimal(r["spend"]) for r in rows}
+
+
+async def paused_for(conn: Conn, user_id: int, everyone: bool) -> list[str]:
+    """The paused providers a banner names: for an operator (`everyone`) all of
+    them; for a user those among their latest 1000 requests of the last 7 days
+    (all of them when there are none). One statement; nothing is read from
+    usage_records unless a provider is paused."""
+    rows = await conn.fetch(
+        "WITH recent AS (SELECT DISTINCT provider FROM (SELECT provider FROM usage_records"
+        "  WHERE user_id = $1 AND created_at > now() - interval '7 days'"
+        "  ORDER BY created_at DESC LIMIT 1000) s)"
+        " SELECT name, $2 OR NOT EXISTS (SELECT 1 FROM recent)"
+        "  OR name IN (SELECT provider FROM recent) AS shown"
+        " FROM providers WHERE paused ORDER BY name",
+        user_id,
+        everyone,
+    )
+    return [r["name"] for r in rows if r["shown"]]
 
 
 async def recent_alerts(conn: Conn, limit: int = 200) -> list[asyncpg.Record]:
