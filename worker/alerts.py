@@ -24,7 +24,7 @@ from shared import daily, invalidation, redis_keys
 from shared.config import Settings
 from shared.db import alerts as db_alerts
 from shared.events import UsageEvent
-from shared.money import usd_str
+from shared.money import price_display, usd_display
 
 log = structlog.get_logger("meterway.alerts")
 GATE_SECONDS = 2 * 24 * 3600
@@ -95,6 +95,38 @@ async def fire(
     return True
 
 
+def shown(amount: Decimal, threshold: Decimal) -> tuple[str, str]:
+    """An amount and the threshold it crossed, by the display rule; both exact
+    where the rule would show two different amounts alike (`$0.4999 below $0.50`
+    must not read `$0.50 below $0.50`)."""
+    a, b = usd_display(amount), usd_display(threshold)
+    if a == b and amount != threshold:
+        return price_display(amount), price_display(threshold)  # every digit
+    return a, b
+
+
+def daily_spend_text(spend: Decimal, alert: Decimal) -> str:
+    spend_text, alert_text = shown(spend, alert)
+    return (
+        f"Your Meterway spend today is {spend_text}, at or above your daily alert of {alert_text}."
+    )
+
+
+def low_balance_text(balance: Decimal, alert: Decimal) -> str:
+    balance_text, alert_text = shown(balance, alert)
+    return f"Your Meterway balance is {balance_text}, below your low-balance alert of {alert_text}."
+
+
+def provider_warn_text(provider: str, spend: Decimal, warn: Decimal) -> str:
+    spend_text, warn_text = shown(spend, warn)
+    return f"{provider} spend today is {spend_text}, at or above the warn threshold of {warn_text}."
+
+
+def auto_pause_reason(spend: Decimal, stop: Decimal) -> str:
+    spend_text, stop_text = shown(spend, stop)
+    return f"auto: daily spend {spend_text} reached stop threshold {stop_text}"
+
+
 async def check_after_batch(
     pg,
     redis: Redis,
@@ -109,15 +141,13 @@ async def check_after_batch(
         if payer.daily_alert_usd is not None and spend_today >= payer.daily_alert_usd:
             await fire(
                 pg, redis, settings, "user_daily_spend", f"user:{user_id}",
-                f"Your Meterway spend today is {usd_str(spend_today)} USD, at or above your"
-                f" daily alert of {usd_str(payer.daily_alert_usd)} USD.",
+                daily_spend_text(spend_today, payer.daily_alert_usd),
                 [payer.email],
             )  # fmt: skip
         if payer.low_balance_usd is not None and payer.balance_usd < payer.low_balance_usd:
             await fire(
                 pg, redis, settings, "user_low_balance", f"user:{user_id}",
-                f"Your Meterway balance is {usd_str(payer.balance_usd)} USD, below your"
-                f" low-balance alert of {usd_str(payer.low_balance_usd)} USD.",
+                low_balance_text(payer.balance_usd, payer.low_balance_usd),
                 [payer.email],
             )  # fmt: skip
     for provider, spend_today in provider_spend.items():
@@ -174,8 +204,7 @@ async def check_provider(
     if row["warn_usd"] is not None and spend_today >= row["warn_usd"]:
         await fire(
             pg, redis, settings, "provider_daily_warn", f"provider:{provider}",
-            f"{provider} spend today is {usd_str(spend_today)} USD, at or above the warn"
-            f" threshold of {usd_str(row['warn_usd'])} USD.",
+            provider_warn_text(provider, spend_today, row["warn_usd"]),
             settings.operator_emails,
         )  # fmt: skip
     if row["stop_usd"] is None or row["paused"]:
@@ -188,7 +217,7 @@ async def check_provider(
 async def auto_pause(
     pg, redis: Redis, settings: Settings, provider: str, spend: Decimal, stop: Decimal
 ) -> None:
-    reason = f"auto: daily spend {usd_str(spend)} USD reached stop threshold {usd_str(stop)} USD"
+    reason = auto_pause_reason(spend, stop)
     paused = await pg.fetchval(
         "UPDATE providers SET paused = true, paused_reason = $2, paused_at = now(),"
         " updated_at = now() WHERE name = $1 AND NOT paused RETURNING name",

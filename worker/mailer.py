@@ -31,6 +31,25 @@ _SUBJECTS = {
 }
 
 
+# where in the dashboard each alert is acted on (linked when DASHBOARD_URL is set)
+_PAGES = {
+    "user_daily_spend": "/settings",
+    "user_low_balance": "/billing",
+    "provider_daily_warn": "/admin/providers",
+    "provider_auto_paused": "/admin/providers",
+    "provider_key_disabled": "/admin/provider-keys",
+}
+
+
+def mail_text(settings: Settings, rule: str, text: str) -> str:
+    """The alert's text (amounts already in the display rule), and a link to the
+    dashboard page where it is acted on when DASHBOARD_URL says where that is."""
+    base = (settings.dashboard_url or "").strip().rstrip("/")
+    if not base:
+        return text
+    return f"{text}\n\nDashboard: {base}{_PAGES.get(rule, '/')}"
+
+
 @dataclass(frozen=True, slots=True)
 class SmtpTarget:
     host: str
@@ -64,7 +83,7 @@ def build_message(settings: Settings, rule: str, text: str, recipients: list[str
     message["From"] = settings.alert_from
     message["To"] = ", ".join(recipients)
     message["Subject"] = _SUBJECTS.get(rule, "Meterway alert")
-    message.set_content(text)
+    message.set_content(mail_text(settings, rule, text))
     return message
 
 

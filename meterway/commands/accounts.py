@@ -12,7 +12,13 @@ from meterway.context import CommandError, Context
 from shared import invalidation
 from shared.db import api_keys, audit, users
 from shared.keys import hash_proxy_key
-from shared.money import AmountError, BalanceOutOfRange, parse_amount, parse_multiplier, usd_str
+from shared.money import (
+    AmountError,
+    BalanceOutOfRange,
+    parse_amount,
+    parse_multiplier,
+    usd_display_exact,
+)
 from shared.passwords import password_problem
 
 
@@ -85,7 +91,8 @@ async def user_set(ctx: Context, email: str, **changes: str | None) -> None:
         await audit.record(ctx.pg, audit.cli_actor(), "user.set", f"user:{user.email}",
                            audit.user_fields(user, fields), fields)  # fmt: skip
     await ctx.notify(invalidation.user_message(user.id))
-    print(f"updated user {user.email}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    shown = {k: usd_display_exact(v) if k.endswith("_usd") else v for k, v in fields.items()}
+    print(f"updated user {user.email}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 async def credits_add(ctx: Context, email: str, amount_text: str, note: str | None) -> None:
@@ -107,7 +114,7 @@ async def credits_add(ctx: Context, email: str, amount_text: str, note: str | No
     except BalanceOutOfRange as exc:
         raise CommandError(f"{user.email}: {exc}") from exc
     await ctx.publish_balance(user.id, balance, version)
-    print(f"{user.email}: balance {usd_str(balance)} USD")
+    print(f"{user.email}: balance {usd_display_exact(balance)}")
 
 
 async def key_revoke(ctx: Context, key_or_id: str) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from meterway.context import CommandError, Context
 from shared.db import audit, codes
-from shared.money import AmountError, parse_amount, usd_str
+from shared.money import AmountError, parse_amount, usd_display, usd_str
 
 MAX_COUNT = 10_000
 
@@ -86,7 +86,8 @@ async def code_list(ctx: Context, as_json: bool) -> None:
           f" {'expires at':<20} note")  # fmt: skip
     for r in rows:
         print(
-            f"{r['id']:>6}  {r['amount_usd']:>10}  {r['state']:<9} {(r['redeemed_by'] or '-'):<30}"
+            f"{r['id']:>6}  {usd_display(r['amount_usd']):>10}  {r['state']:<9}"
+            f" {(r['redeemed_by'] or '-'):<30}"
             f" {(r['redeemed_at'] or '-')[:19]:<20} {(r['expires_at'] or '-')[:19]:<20}"
             f" {r['note'] or ''}"
         )

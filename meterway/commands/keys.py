@@ -17,6 +17,7 @@ from shared.db import api_keys, audit
 from shared.db.api_keys import UNSET
 from shared.key_view import key_document, spend_period
 from shared.keys import hash_proxy_key, new_proxy_key, visible_prefix
+from shared.money import tokens_display, usd_display, usd_display_exact
 from shared.periods import PERIODS
 
 # what `key set` takes to clear a control
@@ -140,15 +141,15 @@ def _summary(key: api_keys.ApiKey) -> str:
     if doc["budget_usd"] is None:
         budget = "none"
     elif doc["budget_period"] == "total":
-        budget = f"{doc['budget_usd']} USD in total"
+        budget = f"{usd_display_exact(doc['budget_usd'])} in total"
     else:
-        budget = f"{doc['budget_usd']} USD per {doc['budget_period']}"
+        budget = f"{usd_display_exact(doc['budget_usd'])} per {doc['budget_period']}"
     parts = [
         f"budget {budget}",
         f"models {','.join(doc['models']) if doc['models'] else 'all'}",
         f"expires {doc['expires_at'] or 'never'}",
         f"rpm {doc['rpm'] or 'none'}",
-        f"tpm {doc['tpm'] or 'none'}",
+        f"tpm {tokens_display(doc['tpm']) if doc['tpm'] else 'none'}",
     ]
     return "; ".join(parts)
 
@@ -266,10 +267,10 @@ async def key_list(ctx: Context, email: str, as_json: bool) -> None:
     )
     for r in rows:
         if r["budget_usd"] is None:
-            budget, spent = "-", f"{r['spend_period_usd']}/month"
+            budget, spent = "-", f"{usd_display(r['spend_period_usd'])}/month"
         else:
-            budget = f"{r['budget_usd']}/{r['budget_period']}"
-            spent = r["spend_period_usd"]
+            budget = f"{usd_display(r['budget_usd'])}/{r['budget_period']}"
+            spent = usd_display(r["spend_period_usd"])
         models = ",".join(r["models"]) if r["models"] is not None else "all"
         if len(models) > 24:
             models = models[:23] + "…"
@@ -277,5 +278,5 @@ async def key_list(ctx: Context, email: str, as_json: bool) -> None:
             f"{r['id']:>6}  {r['name'][:20]:<20} {r['prefix']:<12} {r['created'][:19]:<20}"
             f" {(r['last_used'] or '-')[:19]:<20} {'yes' if r['revoked'] else 'no':<7}"
             f"  {budget:<18} {spent:<14} {models:<24} {(r['expires_at'] or 'never'):<20}"
-            f" {r['rpm'] or '-':>6} {r['tpm'] or '-':>8}"
+            f" {r['rpm'] or '-':>6} {tokens_display(r['tpm']) if r['tpm'] else '-':>8}"
         )
