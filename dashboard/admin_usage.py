@@ -5,7 +5,7 @@ detail of their own requests."""
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ from shared.catalog import load_catalog
 from shared.db import dashboard as q
 
 PAGE = 50
+DEFAULT_DAYS = 30
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
@@ -45,6 +46,9 @@ async def usage_search(request: web.Request) -> web.StreamResponse:
          for n in ("user", "key", "model", "from", "to", "request_id")}  # fmt: skip
     start, end = _day(request, "from"), _day(request, "to")
     request_id = f["request_id"] if _REQUEST_ID.fullmatch(f["request_id"]) else ""
+    default_range = start is None and end is None and not request_id
+    if default_range:  # without dates: the last 30 days (UTC)
+        start = datetime.now(UTC).date() - timedelta(days=DEFAULT_DAYS - 1)
     where, args = q.usage_search_filter(
         user=f["user"] or None, key=f["key"] or None, model=f["model"] or None,
         start=start, end=end, request_id=request_id or None,
@@ -57,6 +61,7 @@ async def usage_search(request: web.Request) -> web.StreamResponse:
     return render(request, "admin_usage.html", {
         "title": "Usage search", "rows": rows[:PAGE], "more": len(rows) > PAGE, "page": page,
         "filters": f, "totals": totals, "query": {k: v for k, v in f.items() if v},
+        "default_range": default_range,
     })  # fmt: skip
 
 

@@ -10,7 +10,8 @@ import io
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
+from decimal import Decimal
 
 from aiohttp import web
 
@@ -205,40 +206,50 @@ def _key_label(name: str | None, prefix: str | None, key_id: int | None) -> str:
     return f"{name or '(unnamed)'} ({prefix}…)" if prefix else f"key {key_id} (deleted)"
 
 
+DEFAULT_DAYS = 30
+CHART_DAYS = 92
+
+
 @login_required
 async def usage(request: web.Request) -> web.StreamResponse:
-    user = current_user(request)
+    """Without dates the page covers the last 30 days (UTC): the totals per model,
+    key and day and the request list come from one pass over those records."""
+    user = current_user(request)  # read at this request by the session middleware
     st = state(request)
     f = _filters(request)
+    today = daily.today()
+    if f.start is None and f.end is None and not f.error:
+        f.start = today - timedelta(days=DEFAULT_DAYS - 1)
     page = _page(request)
     scope = {"start": f.start, "end": f.end, "model": f.model, "key_id": f.key_id}
-    rows, total = await q.usage_page(st.pg, user.id, limit=PAGE_SIZE,
-                                     offset=(page - 1) * PAGE_SIZE, **scope)  # fmt: skip
-    if page > max(1, -(-total // PAGE_SIZE)):  # past the end: show the last page
-        page = max(1, -(-total // PAGE_SIZE))
-        rows, total = await q.usage_page(st.pg, user.id, limit=PAGE_SIZE,
-                                         offset=(page - 1) * PAGE_SIZE, **scope)  # fmt: skip
-    by_model, by_key = await q.usage_breakdown(st.pg, user.id, **scope)
+    summary = await q.usage_summary(st.pg, user.id, **scope)
+    pages = max(1, -(-summary.requests // PAGE_SIZE))
+    page = min(page, pages)  # past the end: the last page
+    rows = await q.usage_rows(st.pg, user.id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE,
+                              **scope)  # fmt: skip
     held = units_to_usd(await st.view.held_units(user.id))
-    fresh = await users.by_id(st.pg, user.id)
-    assert fresh is not None
-    points = await q.daily_spend(st.pg, user.id, 30, daily.today(), model=f.model,
-                                 key_id=f.key_id)  # fmt: skip
+    last = min(f.end or today, today)
+    first = max(f.start or last - timedelta(days=DEFAULT_DAYS - 1),
+                last - timedelta(days=CHART_DAYS - 1))  # fmt: skip
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    points = [(d, summary.by_day.get(d, Decimal(0))) for d in days]
     keys = await api_keys.list_for_user(st.pg, user.id)
     key_rows = [{**dict(r), "label": _key_label(r["key_name"], r["key_prefix"], r["api_key_id"])}
-                for r in by_key]  # fmt: skip
+                for r in summary.by_key]  # fmt: skip
+    used = {r["model"] for r in summary.by_model} | ({f.model} if f.model else set())
+    models = sorted(set(key_controls.catalog_models(request)) | used)
     return render(request, "usage.html", {
-        "title": "Usage", "rows": rows, "total": total, "page": page,
-        "pages": max(1, -(-total // PAGE_SIZE)), "f": f, "query": f.query(),
-        "day": f.start.isoformat() if f.start and f.start == f.end else "",
-        "model": f.model or "", "models": await q.usage_models(st.pg, user.id),
+        "title": "Usage", "rows": rows, "total": summary.requests, "page": page,
+        "pages": pages, "f": f, "query": f.query(), "model": f.model or "", "models": models,
         "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.name, k.id)),
-        "error": f.error, "by_model": by_model, "by_key": key_rows,
-        "model_top": max((r["spend"] for r in by_model), default=0),
+        "error": f.error, "by_model": summary.by_model, "by_key": key_rows,
+        "model_top": max((r["spend"] for r in summary.by_model), default=0),
         "key_top": max((r["spend"] for r in key_rows), default=0),
-        "balance": fresh.balance_usd, "held": held, "available": fresh.balance_usd - held,
+        "balance": user.balance_usd, "held": held, "available": user.balance_usd - held,
         "spend_today": await _spend_today(request, user.id), "chart": spend_chart(points),
-        "month_total": sum((v for _, v in points)),
+        "chart_days": len(points), "range_total": summary.spend,
+        "default_range": not request.query.get("from") and not request.query.get("to")
+        and not request.query.get("day"),
     }, status=400 if f.error else 200)  # fmt: skip
 
 

@@ -177,7 +177,8 @@ async def test_a_user_never_sees_or_changes_another_users_keys_or_usage(
 
     for path in ["/usage", "/usage.csv"]:
         _, text, _ = await browser.get(path)
-        assert bob_request not in text and "claude-sonnet-4-5" not in text, path
+        assert bob_request not in text, path  # nor bob's model in alice's totals:
+        assert 'data-model="claude-sonnet-4-5"' not in text and "sonnet-4-5," not in text, path
         assert alice_request in text, path
     _, text, _ = await browser.get("/usage?model=claude-sonnet-4-5")
     assert bob_request not in text and "0 requests" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -87,46 +88,82 @@ async def usage_page(
     return rows, int(total)
 
 
-async def usage_breakdown(
+async def usage_rows(
+    conn: Conn, user_id: int, *, start: date | None, end: date | None, model: str | None,
+    key_id: int | None, limit: int, offset: int,
+) -> list[asyncpg.Record]:  # fmt: skip
+    """One page of a user's records, newest first: the page's ids are found on the
+    (user_id, created_at, id) index alone, then only those rows are read."""
+    where, args = _usage_filter(user_id, start, end, model, key_id)
+    n = len(args)
+    return await conn.fetch(
+        f"WITH page AS (SELECT r.id FROM usage_records r WHERE {where}"
+        f" ORDER BY r.created_at DESC, r.id DESC LIMIT ${n + 1} OFFSET ${n + 2})"
+        f" SELECT {_OWN_COLUMNS}{_OWN_FROM} JOIN page p ON p.id = r.id"
+        " ORDER BY r.created_at DESC, r.id DESC",
+        *args,
+        limit,
+        offset,
+    )
+
+
+async def _aggregate(conn: Conn, sql: str, *args: object) -> list[asyncpg.Record]:
+    """An aggregate over many usage records, with room to sort and hash in memory
+    and without JIT compilation (which costs more than it saves on these sizes);
+    the settings last for this one transaction."""
+    pool_or_conn = conn
+    if isinstance(pool_or_conn, asyncpg.Pool):
+        async with pool_or_conn.acquire() as c, c.transaction():
+            await c.execute(AGGREGATE_SETTINGS)
+            return await c.fetch(sql, *args)
+    async with conn.transaction():  # type: ignore[union-attr]
+        await conn.execute(AGGREGATE_SETTINGS)
+        return await conn.fetch(sql, *args)
+
+
+AGGREGATE_SETTINGS = "SET LOCAL jit = off; SET LOCAL work_mem = '32MB'"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A user's usage over a filter, from one scan: the total, per model, per key, per day."""
+
+    requests: int
+    spend: Decimal
+    by_model: list[asyncpg.Record]
+    by_key: list[asyncpg.Record]
+    by_day: dict[date, Decimal]
+
+
+async def usage_summary(
     conn: Conn, user_id: int, *, start: date | None, end: date | None, model: str | None,
     key_id: int | None,
-) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:  # fmt: skip
-    """Requests, tokens and exact spend per model and per API key over the
-    filter, biggest spend first, in one query (grouping sets)."""
+) -> Summary:  # fmt: skip
+    """Requests, tokens and exact spend per model, per API key and per UTC day,
+    and in all, over the filter: one statement, one pass over the records
+    (grouping sets); biggest spend first."""
     where, args = _usage_filter(user_id, start, end, model, key_id)
-    rows = await conn.fetch(
-        "SELECT GROUPING(r.model) AS by_key, r.model, r.api_key_id, min(k.name) AS key_name,"
+    rows = await _aggregate(
+        conn,
+        "SELECT GROUPING(r.model) AS g_model, GROUPING(r.api_key_id) AS g_key,"
+        " GROUPING(d.day) AS g_day, r.model, r.api_key_id, d.day, min(k.name) AS key_name,"
         " min(k.prefix) AS key_prefix, count(*) AS requests, SUM(r.cost_usd) AS spend,"
         " SUM(r.input_tokens) AS input_tokens, SUM(r.output_tokens) AS output_tokens"
-        f"{_OWN_FROM} WHERE {where}"
-        " GROUP BY GROUPING SETS ((r.model), (r.api_key_id)) ORDER BY spend DESC, 2, 3",
+        f"{_OWN_FROM}"
+        " CROSS JOIN LATERAL (SELECT (r.created_at AT TIME ZONE 'UTC')::date AS day) d"
+        f" WHERE {where}"
+        " GROUP BY GROUPING SETS ((r.model), (r.api_key_id), (d.day), ())"
+        " ORDER BY spend DESC NULLS LAST, r.model, r.api_key_id",
         *args,
     )
-    return [r for r in rows if not r["by_key"]], [r for r in rows if r["by_key"]]
-
-
-async def usage_models(conn: Conn, user_id: int) -> list[str]:
-    rows = await conn.fetch(
-        "SELECT DISTINCT model FROM usage_records WHERE user_id = $1 ORDER BY model", user_id
+    total = next((r for r in rows if r["g_model"] and r["g_key"] and r["g_day"]), None)
+    return Summary(
+        requests=int(total["requests"]) if total else 0,
+        spend=Decimal(total["spend"]) if total and total["spend"] is not None else Decimal(0),
+        by_model=[r for r in rows if not r["g_model"]],
+        by_key=[r for r in rows if not r["g_key"]],
+        by_day={r["day"]: Decimal(r["spend"]) for r in rows if not r["g_day"]},
     )
-    return [r["model"] for r in rows]
-
-
-async def daily_spend(
-    conn: Conn, user_id: int, days: int, today: date, *, model: str | None = None,
-    key_id: int | None = None,
-) -> list[tuple[date, Decimal]]:  # fmt: skip
-    """Spend per UTC day (by request time) for the `days` days ending today,
-    zeros included; of one model or key where given."""
-    first = today - timedelta(days=days - 1)
-    where, args = _usage_filter(user_id, first, None, model, key_id)
-    rows = await conn.fetch(
-        "SELECT (r.created_at AT TIME ZONE 'UTC')::date AS day, SUM(r.cost_usd) AS spend"
-        f" FROM usage_records r WHERE {where} GROUP BY 1",
-        *args,
-    )
-    by_day = {r["day"]: Decimal(r["spend"]) for r in rows}
-    return [(d, by_day.get(d, Decimal(0))) for d in (first + timedelta(i) for i in range(days))]
 
 
 # --- operators -------------------------------------------------------------------------------
@@ -261,8 +298,8 @@ def usage_search_filter(
         add("r.request_id = ?", request_id)
     if user_id is not None:
         add("r.user_id = ?", user_id)
-    if user:
-        add("u.email LIKE ?", _like(user.lower()))
+    if user:  # the matching users first, so that one user's records come by their index
+        add("r.user_id = ANY(ARRAY(SELECT id FROM users WHERE email LIKE ?))", _like(user.lower()))
     if key:
         if key.isascii() and key.isdigit() and len(key) <= 18:
             add("r.api_key_id = ?", int(key))
@@ -299,12 +336,14 @@ async def usage_search(
 
 async def usage_search_totals(conn: Conn, where: str, args: list) -> asyncpg.Record:
     """Count, exact cost and tokens of every matching record."""
-    return await conn.fetchrow(
+    rows = await _aggregate(
+        conn,
         "SELECT count(*) AS n, COALESCE(SUM(r.cost_usd), 0) AS cost,"
         " COALESCE(SUM(r.input_tokens), 0) AS input_tokens,"
         f" COALESCE(SUM(r.output_tokens), 0) AS output_tokens{_SEARCH_FROM} WHERE {where}",
         *args,
     )
+    return rows[0]
 
 
 async def request_detail(conn: Conn, request_id: str) -> asyncpg.Record | None:

@@ -43,15 +43,15 @@ def _describe(kind: str, n: int, note: str | None, external_id: str | None) -> s
 async def lines(conn: Conn, user_id: int, start: datetime, end: datetime) -> list[Line]:
     """The statement lines in [start, end), oldest first."""
     rows = await conn.fetch(
-        "SELECT kind, (min(created_at) AT TIME ZONE 'UTC')::date AS day,"
-        " sum(amount_usd) AS amount_usd, count(*) AS n, max(id) AS last_id,"
-        " (array_agg(balance_after ORDER BY id DESC))[1] AS balance_after,"
-        " (array_agg(note ORDER BY id))[1] AS note,"
-        " (array_agg(external_id ORDER BY id))[1] AS external_id"
+        "WITH g AS (SELECT kind, min(created_at) AS first_at, sum(amount_usd) AS amount_usd,"
+        " count(*) AS n, min(id) AS first_id, max(id) AS last_id"
         " FROM ledger WHERE user_id = $1 AND created_at >= $2 AND created_at < $3"
         " GROUP BY kind, CASE WHEN kind = 'charge'"
-        " THEN (created_at AT TIME ZONE 'UTC')::date::text ELSE id::text END"
-        " ORDER BY last_id",
+        " THEN (created_at AT TIME ZONE 'UTC')::date::text ELSE id::text END)"
+        " SELECT g.kind, (g.first_at AT TIME ZONE 'UTC')::date AS day, g.amount_usd, g.n,"
+        " g.last_id, lb.balance_after, lf.note, lf.external_id"
+        " FROM g JOIN ledger lb ON lb.id = g.last_id JOIN ledger lf ON lf.id = g.first_id"
+        " ORDER BY g.last_id",
         user_id,
         start,
         end,
@@ -79,11 +79,17 @@ async def balance_before(conn: Conn, user_id: int, when: datetime) -> Decimal:
     return value if value is not None else Decimal(0)
 
 
-async def months(conn: Conn, user_id: int) -> list[str]:
-    """`YYYY-MM` of every month with a ledger entry, newest first."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM') AS m FROM ledger"
-        " WHERE user_id = $1 ORDER BY m DESC",
-        user_id,
+async def months(conn: Conn, user_id: int, now: datetime | None = None) -> list[str]:
+    """`YYYY-MM` of every month from the user's first ledger entry to now, newest
+    first (one index lookup, whatever the length of the history)."""
+    first = await conn.fetchval(
+        "SELECT created_at FROM ledger WHERE user_id = $1 ORDER BY id LIMIT 1", user_id
     )
-    return [r["m"] for r in rows]
+    if first is None:
+        return []
+    first, last = first.astimezone(UTC), (now or datetime.now(UTC)).astimezone(UTC)
+    out, year, month = [], last.year, last.month
+    while (year, month) >= (first.year, first.month) and len(out) < 1200:
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return out
