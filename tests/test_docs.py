@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import shutil
 from decimal import Decimal
 from html.parser import HTMLParser
@@ -120,6 +122,65 @@ def test_public_urls_rule():
                     public_proxy_url="https://p.example/")  # fmt: skip
     assert public_urls.dashboard_url(set_, "http", "x:1") == "https://d.example"
     assert public_urls.proxy_url(set_, "http", "x:1") == "https://p.example"
+
+
+def _code_blocks(page: str, key: str) -> list[str]:
+    """The page's code examples as a reader copies them, with a real key pasted in."""
+    blocks = re.findall(r"<pre><code>(.*?)</code></pre>", page, re.S)
+    return [html.unescape(b).replace("mw-...", key) for b in blocks]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_docs_examples_run_as_shown(proxy_url, accounts, pg):
+    """The Gemini, embeddings, completions and Anthropic examples, copied from /docs
+    and run with the official SDKs (and curl), work and bill as the page says."""
+    acct = await accounts.create("5")
+    _, page = await _get(f"{proxy_url}/docs")
+    blocks = _code_blocks(page, acct.key)
+
+    def block(start: str) -> str:
+        return next(b for b in blocks if b.startswith(start))
+
+    def run(*codes: str) -> dict:
+        namespace: dict = {}
+        for code in codes:
+            exec(compile(code, "<docs example>", "exec"), namespace)
+        return namespace
+
+    gemini = await asyncio.to_thread(run, block("from google import genai"))
+    assert gemini["reply"].text and gemini["reply"].usage_metadata.total_token_count > 0
+    openai_ns = await asyncio.to_thread(
+        run, next(b for b in blocks if "client.embeddings.create(" in b),
+        block("completion = client.completions.create("),
+    )  # fmt: skip
+    assert len(openai_ns["result"].data) == 2 and openai_ns["result"].usage.prompt_tokens > 0
+    assert openai_ns["completion"].choices[0].text
+    anthropic_ns = await asyncio.to_thread(run, block("from anthropic import Anthropic"))
+    assert anthropic_ns["message"].content[0].text
+
+    curls = block("curl " + proxy_url + "/v1/gemini/")
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", "set -e\n" + curls,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert b'"candidates"' in out and b'"totalTokens"' in out and b'"models"' in out
+
+    # billed as the page says: every metered call once, the free ones never
+    for _ in range(100):
+        rows = await pg.fetch(
+            "SELECT endpoint, count(*) AS n FROM usage_records WHERE user_id = $1"
+            " GROUP BY endpoint",
+            acct.user_id,
+        )
+        if sum(r["n"] for r in rows) >= 9:
+            break
+        await asyncio.sleep(0.1)
+    assert {r["endpoint"]: r["n"] for r in rows} == {
+        "generateContent": 2, "streamGenerateContent": 2, "embeddings": 1, "completions": 2,
+        "messages": 2,
+    }  # fmt: skip
 
 
 # --- /docs/pricing ------------------------------------------------------------------------------
@@ -340,8 +401,10 @@ async def test_pricing_on_a_phone_never_breaks_a_model_name(proxy_url):
             sonnet = await page.eval_on_selector(
                 "#models span.model", "e => e.getBoundingClientRect().width"
             )
+            await page.goto(f"{proxy_url}/docs")
+            docs_width = await page.evaluate("document.documentElement.scrollWidth")
         finally:
             await browser.close()
     assert count > 50 and broken == []  # each name on one line
-    assert width <= 390  # nothing scrolls sideways
+    assert width <= 390 and docs_width <= 390  # nothing scrolls sideways
     assert sonnet > 0
