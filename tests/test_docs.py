@@ -88,7 +88,7 @@ async def test_docs_adding_an_openai_compatible_provider(proxy_url):
 
 async def test_docs_say_where_to_click_for_a_key_and_link_the_dashboard(proxy_url, settings):
     _, html = await _get(f"{proxy_url}/docs")
-    part = html[html.index('id="api-key"') : html.index("<h2>Endpoints")]
+    part = html[html.index('id="api-key"') : html.index('<h2 id="endpoints">')]
     assert "<em>Dashboard → Settings → API Keys → Create new key</em>" in part
     assert '<img src="/public/images/api-key.png"' in part
     # no DASHBOARD_URL: the host of the request on the dashboard's port
