@@ -56,12 +56,15 @@ def span(name: str) -> Any:
     return _NO_SPAN
 
 
-def _position(fn: Callable, name: str) -> int:
-    return list(inspect.signature(fn).parameters).index(name)
+def _position(fn: Callable, name: str) -> int | None:
+    names = list(inspect.signature(fn).parameters)
+    return names.index(name) if name in names else None
 
 
-def _argument(args: tuple, kwargs: dict, index: int, name: str) -> Any:
-    return kwargs[name] if name in kwargs else args[index]
+def _argument(args: tuple, kwargs: dict, index: int | None, name: str) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if index is not None and index < len(args) else None
 
 
 def request(fn: F) -> F:
@@ -91,8 +94,14 @@ if ENABLED:
 
     _tracer = shared.tracer("meterway-proxy")
 
+    def _recording() -> bool:
+        """In a metered request whose trace is sampled (`OTEL_TRACES_SAMPLER`):
+        the steps of a request left out make no span at all."""
+        current = _REQUEST.get(None)
+        return current is not None and current.is_recording()
+
     def span(name: str) -> Any:
-        if _REQUEST.get(None) is None:
+        if not _recording():
             return _NO_SPAN
         return _tracer.start_as_current_span(name)
 
@@ -103,9 +112,9 @@ if ENABLED:
         async def traced(*args: Any, **kwargs: Any) -> Any:
             call = _argument(args, kwargs, call_at, "call")
             attributes = {
-                "meterway.request_id": _argument(args, kwargs, id_at, "request_id"),
-                "meterway.provider": call.provider.name,
-                "meterway.endpoint": call.adapter.endpoint,
+                "meterway.request_id": _argument(args, kwargs, id_at, "request_id") or "",
+                "meterway.provider": getattr(getattr(call, "provider", None), "name", ""),
+                "meterway.endpoint": getattr(getattr(call, "adapter", None), "endpoint", ""),
             }
             with _tracer.start_as_current_span(
                 "request", kind=SpanKind.SERVER, attributes=attributes,
@@ -132,7 +141,7 @@ if ENABLED:
     def _child(name: str, fn: F, after: Callable[[Any, Any, tuple], None] | None = None) -> F:
         @functools.wraps(fn)
         async def traced(*args: Any, **kwargs: Any) -> Any:
-            if _REQUEST.get(None) is None:  # not a metered request's (a free endpoint's)
+            if not _recording():  # not a metered request's (a free endpoint's), or unsampled
                 return await fn(*args, **kwargs)
             kind = SpanKind.CLIENT if name == "upstream" else SpanKind.INTERNAL
             with _tracer.start_as_current_span(name, kind=kind) as current:
