@@ -23,7 +23,7 @@ from shared.cluster_runner import ClusterScriptRunner
 from shared.events import UsageEvent
 from shared.money import units_floor
 from shared.redis_client import cluster_client
-from shared.usage_queue import UsageQueue, pending_count, queue_depth
+from shared.usage_queue import UsageQueue, consumers, pending_count, queue_depth
 from tests.clients import anthropic_client
 from tests.cluster import PrivateCluster, RedisClusterServer
 from tests.conftest import Accounts, wait_settled
@@ -243,5 +243,8 @@ async def test_requests_billed_once_while_slots_move(cluster_stack, pg):
         view = await redis.hget(redis_keys.balance(acct.user_id), "units")
         assert int(view) == units_floor(Decimal(5) - spent)  # the worker published it
     assert await pending_count(redis) == 0
+    assert await queue_depth(redis) == (0, None)
+    seen = await consumers(redis)  # the worker's lanes, on every shard's stream
+    assert seen and min(int(c["idle"]) for c in seen) < 60_000
     code, out = await stack.reconcile()
     assert code == 0, out
