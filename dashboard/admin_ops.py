@@ -6,12 +6,11 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from dashboard import proxy_metrics
+from dashboard.admin_providers import served
 from dashboard.common import (
     SESSION_KEY,
-    FormError,
     State,
     actor,
     admin_required,
@@ -22,82 +21,19 @@ from dashboard.common import (
     int_param,
     log,
     page_number,
-    parse_amount,
     query_text,
     render,
     state,
     take_flash,
 )
-from shared import daily, invalidation, provider_state, redis_keys
-from shared.catalog import PROVIDERS, load_catalog
+from shared import invalidation, provider_state, redis_keys
+from shared.catalog import load_catalog
 from shared.db import audit
 from shared.db import dashboard as q
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
 from shared.keys import SecretBox, visible_prefix
 from shared.reconcile import find_differences
-
-
-def _provider(request: web.Request) -> str:
-    name = request.match_info["provider"]
-    if name not in PROVIDERS:
-        raise web.HTTPNotFound()
-    return name
-
-
-@admin_required
-async def providers_page(request: web.Request) -> web.StreamResponse:
-    st = state(request)
-    spend = await q.provider_spend_since(st.pg, start_of_utc_day())
-    rows = await db.list_providers(st.pg)
-    return render(request, "admin_providers.html", {"title": "Providers", "rows": rows,
-                  "spend": spend, "flash": await take_flash(request)})  # fmt: skip
-
-
-@admin_required
-async def provider_pause(request: web.Request) -> web.StreamResponse:
-    """Pause (after a confirmation with a reason) or resume a provider; audited."""
-    st = state(request)
-    name = _provider(request)
-    paused = request.match_info["action"] == "pause"
-    form = await request.post()
-    reason = field(form, "reason", 501).strip() or None
-    if paused:
-        reason, page = confirmed(
-            request, form, title=f"Pause {name}?", button=f"Pause {name}",
-            message=f"Every request to {name} gets 429 until it is reactivated.",
-            back="/admin/providers",
-        )  # fmt: skip
-        if page is not None:
-            return page
-    note = ""
-    async with st.pg.acquire() as conn, conn.transaction():
-        await audit.set_paused(conn, actor(request), name, paused, reason)
-    if not paused:
-        try:
-            await daily.mark_resume(st.redis, name)
-        except RedisError as exc:
-            note = f" (Redis did not take the resume point: {exc})"
-    await st.notify(invalidation.PROVIDERS_MESSAGE)
-    await flash_redirect(request, "/admin/providers",
-                         f"{name} {'paused' if paused else 'active'}{note}.")  # fmt: skip
-
-
-@admin_required
-async def provider_thresholds(request: web.Request) -> web.StreamResponse:
-    """Set the daily thresholds; a blank field clears that threshold. Audited."""
-    st = state(request)
-    name = _provider(request)
-    form = await request.post()
-    try:
-        warn = parse_amount(field(form, "warn_usd"), "Warn", allow_blank=True, negative=False)
-        stop = parse_amount(field(form, "stop_usd"), "Stop", allow_blank=True, negative=False)
-    except FormError as exc:
-        await flash_redirect(request, "/admin/providers", str(exc))
-    async with st.pg.acquire() as conn, conn.transaction():
-        await audit.set_thresholds(conn, actor(request), name, warn_usd=warn, stop_usd=stop)
-    await st.notify(invalidation.PROVIDERS_MESSAGE)
-    await flash_redirect(request, "/admin/providers", f"{name}: thresholds saved.")
 
 
 @admin_required
@@ -111,7 +47,8 @@ async def provider_keys_page(request: web.Request) -> web.StreamResponse:
         for k in await db.list_keys(st.pg)
     ]  # fmt: skip
     return render(request, "admin_provider_keys.html", {"title": "Provider keys", "rows": rows,
-                  "providers": PROVIDERS, "flash": await take_flash(request)})  # fmt: skip
+                  "providers": await served(request),
+                  "flash": await take_flash(request)})  # fmt: skip
 
 
 @admin_required
@@ -121,7 +58,7 @@ async def provider_key_add(request: web.Request) -> web.StreamResponse:
     provider = field(form, "provider", 100)
     secret = field(form, "secret", 4097).strip()
     name = field(form, "name", 81).strip()
-    if provider not in PROVIDERS:
+    if provider not in await served(request):
         await flash_redirect(request, "/admin/provider-keys", "Choose a provider.")
     if (len(secret) < 8 or len(secret) > 4096 or not secret.isascii() or not secret.isprintable()
             or any(c.isspace() for c in secret)):  # fmt: skip
@@ -307,9 +244,10 @@ async def system_page(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # the page loads whatever the proxies do
         log.warning("proxy_metrics_unread", error=str(exc)[:200])
         rates = proxy_metrics.Rates(failed=[("proxies", str(exc)[:120])])
+    names = set(await served(request))
+    providers = [p for p in await db.list_providers(st.pg) if p.name in names]
     return render(request, "admin_system.html", {"title": "System", "facts": facts,
-                  "rates": rates,
-                  "health": health, "keys": keys, "providers": await db.list_providers(st.pg),
+                  "rates": rates, "health": health, "keys": keys, "providers": providers,
                   "reconcile": await st.sessions.pop_flash(request[SESSION_KEY]),
                   "now": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})  # fmt: skip
 

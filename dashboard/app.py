@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from dashboard import (
     admin_ops,
+    admin_providers,
     admin_usage,
     admin_users,
     auth_views,
@@ -63,9 +64,12 @@ def _routes(app: web.Application) -> None:
     r.add_get("/admin/usage", admin_usage.usage_search)
     r.add_get("/admin/requests/{request_id}", admin_usage.request_detail)
     r.add_get("/usage/requests/{request_id}", admin_usage.own_request_detail)
-    r.add_get("/admin/providers", admin_ops.providers_page)
-    r.add_post("/admin/providers/{provider}/thresholds", admin_ops.provider_thresholds)
-    r.add_post("/admin/providers/{provider}/{action:pause|resume}", admin_ops.provider_pause)
+    r.add_get("/admin/providers", admin_providers.providers_page)
+    r.add_post("/admin/providers", admin_providers.provider_add)
+    r.add_post("/admin/providers/{provider}/thresholds", admin_providers.provider_thresholds)
+    r.add_post("/admin/providers/{provider}/remove", admin_providers.provider_remove)
+    r.add_post("/admin/providers/{provider}/{action:pause|resume}",
+               admin_providers.provider_pause)  # fmt: skip
     r.add_get("/admin/provider-keys", admin_ops.provider_keys_page)
     r.add_post("/admin/provider-keys", admin_ops.provider_key_add)
     r.add_post(

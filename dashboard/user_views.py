@@ -210,6 +210,11 @@ DEFAULT_DAYS = 30
 CHART_DAYS = 92
 
 
+def _back(day: date, days: int) -> date:
+    """`days` before `day`, or the first day there is."""
+    return day - timedelta(days=days) if day.toordinal() > days else date.min
+
+
 @login_required
 async def usage(request: web.Request) -> web.StreamResponse:
     """Without dates the page covers the last 30 days (UTC): the totals per model,
@@ -229,8 +234,8 @@ async def usage(request: web.Request) -> web.StreamResponse:
                               **scope)  # fmt: skip
     held = units_to_usd(await st.view.held_units(user.id))
     last = min(f.end or today, today)
-    first = max(f.start or last - timedelta(days=DEFAULT_DAYS - 1),
-                last - timedelta(days=CHART_DAYS - 1))  # fmt: skip
+    first = max(f.start or _back(last, DEFAULT_DAYS - 1), _back(last, CHART_DAYS - 1))
+    first = min(first, last)
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     points = [(d, summary.by_day.get(d, Decimal(0))) for d in days]
     keys = await api_keys.list_for_user(st.pg, user.id)

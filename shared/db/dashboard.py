@@ -211,7 +211,7 @@ async def paused_for(conn: Conn, user_id: int, everyone: bool) -> list[str]:
         "  ORDER BY created_at DESC LIMIT 1000) s)"
         " SELECT name, $2 OR NOT EXISTS (SELECT 1 FROM recent)"
         "  OR name IN (SELECT provider FROM recent) AS shown"
-        " FROM providers WHERE paused ORDER BY name",
+        " FROM providers WHERE paused AND removed_at IS NULL ORDER BY name",
         user_id,
         everyone,
     )
