@@ -179,7 +179,7 @@ def render(
     session: Session | None = request.get(SESSION_KEY)
     base = {"user": request.get(USER_KEY), "csrf": session.csrf if session else "",
             "path": request.path, "money": money_html,
-            "cost": lambda v: money_html(v, cost=True), "tokens": tokens,
+            "cost": lambda v: money_html(v, cost=True), "tokens": tokens, "price": price_html,
             "exact": usd_str, "paused_providers": request.get(PAUSED_KEY, []),
             "docs_url": docs_url(request)}  # fmt: skip
     return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
@@ -357,34 +357,13 @@ _PAGE = re.compile(r"[0-9]{1,6}")
 # --- one money format for every template ----------------------------------------------------
 
 
-def _grouped(value: Decimal, places: int) -> str:
-    from decimal import ROUND_HALF_EVEN
-
-    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
-    return f"{shown:,.{places}f}"
-
-
 def money_text(value: Decimal | None, *, cost: bool = False) -> str:
-    """The display rule: balances and amounts of a cent or more with 2 decimals
-    (thousands separated); a cost under a dollar with 4 significant digits, so
-    that sub-cent costs stay readable ($0.00000735, $0.01881, $0.3008). The exact
-    value is in the title (see `money`) and in every CSV and JSON."""
-    if value is None:
-        return "-"
-    value = Decimal(value)
-    sign = "-" if value < 0 else ""
-    magnitude = abs(value)
-    if cost and 0 < magnitude < 1:
-        digits = max(2, 4 - magnitude.adjusted() - 1)  # 4 significant digits
-        text = f"{magnitude:.{digits}f}"
-        if "." in text:
-            whole, frac = text.split(".")
-            frac = frac.rstrip("0").ljust(2, "0")
-            text = f"{whole}.{frac}"
-        return f"{sign}${text}"
-    if not cost and 0 < magnitude < Decimal("0.01"):
-        return f"{sign}${money_text(magnitude, cost=True)[1:]}"  # a sub-cent balance: not $0.00
-    return f"{sign}${_grouped(magnitude, 2)}"
+    """The one display rule of shared.money (dashboard, /docs, CLI text, mails):
+    balances and amounts of a cent or more with 2 decimals, thousands separated;
+    a cost under a dollar and any amount under a cent with 4 significant digits
+    ($0.00000735, $0.01881, $0.3008). The exact value is in the title (see
+    `money_html`) and in every CSV and JSON."""
+    return money.usd_display(value, cost=cost)
 
 
 def money_html(value: Decimal | None, cost: bool = False) -> Markup:
@@ -398,4 +377,14 @@ def money_html(value: Decimal | None, cost: bool = False) -> Markup:
 
 
 def tokens(value: int | None) -> str:
-    return "-" if value is None else f"{int(value):,}"
+    return money.tokens_display(value)
+
+
+def price_html(value: Decimal | None) -> Markup:
+    """A unit price (USD per million tokens): exact, at least 2 decimals ($2.50, $0.075)."""
+    if value is None:
+        return Markup("-")
+    exact = usd_str(Decimal(value))
+    return Markup('<span class="money" title="{} USD" data-usd="{}">{}</span>').format(
+        exact, exact, money.price_display(value)
+    )

@@ -65,7 +65,7 @@ def _page(request: web.Request, *, error: str | None = None, amount: str = "",
     s = state(request).settings
     response = render(request, "billing_add_credit.html", {
         "title": "Add credit", "enabled": stripe_enabled(s), "error": error, "amount": amount,
-        "min_usd": usd_str(s.topup_min_usd), "max_usd": usd_str(s.topup_max_usd),
+        "min_usd": s.topup_min_usd, "max_usd": s.topup_max_usd,
     }, status=status)  # fmt: skip
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"

@@ -305,12 +305,15 @@ async def test_reloading_the_key_creation_makes_no_second_key(pg, browser: Brows
 
 async def test_navigation_is_what_the_docs_say(pg, browser: Browser):
     """The developer docs send users to Settings → API Keys; the dashboard has it."""
-    docs = (REPO_ROOT / "proxy" / "templates" / "docs.html").read_text()
+    docs = "".join(p.read_text() for p in (REPO_ROOT / "proxy" / "templates").rglob("*.html"))
     assert "Settings → API Keys" in docs
     user = await make_user(pg)
     await browser.login(user)
     _, text, _ = await browser.get("/usage")
     assert '<a href="/keys" id="nav-settings"' in text and ">Settings</a>" in text
+    docs_link = text.split('id="nav-docs"')[0].rsplit("<a href=", 1)[1]
+    assert docs_link.startswith('"http') and docs_link.rstrip('" ').endswith("/docs")
     _, text, _ = await browser.get("/keys")
     subnav = text.split('class="subnav"')[1].split("</nav>")[0]
     assert ">API Keys</a>" in subnav and ">Alerts</a>" in subnav
+    assert "Create new key</button>" in text and "Create new key" in docs  # the docs' words

@@ -135,3 +135,16 @@ async def test_pages_do_not_query_per_row(pg, browser: Browser, monkeypatch):
         status, _, _ = await browser.get(path)
         assert status == 200
         assert 0 < count[0] < 15, (path, count[0])  # 30 keys, 60 rows: not one query each
+
+
+def test_every_template_uses_the_one_money_format():
+    """Amounts go through money()/cost()/price() (or exact() in form values and the
+    request's exact cost): no template writes its own `$` before a number."""
+    import re
+    from pathlib import Path
+
+    templates = Path(__file__).resolve().parents[1] / "dashboard" / "templates"
+    for path in templates.glob("*.html"):
+        text = path.read_text()
+        assert "usd(" not in text, path.name
+        assert not re.search(r"\$\{\{", text), path.name  # "${{ value }}"

@@ -117,7 +117,7 @@ async def test_user_creates_uses_sees_and_revokes_a_key(
         await sign_in(page, dashboard_url, user.email, user.password)
         await page.goto(dashboard_url + "/keys")
         await page.fill("input[name=name]", "from the browser")
-        await page.click("button:has-text('Create key')")
+        await page.click("button:has-text('Create new key')")
         secret = (await page.text_content("#new-key") or "").strip()
         assert secret.startswith("mw-")
         assert await page.is_visible("button.copy")

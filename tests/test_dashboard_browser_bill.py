@@ -116,7 +116,7 @@ async def test_user_sees_spend_by_model_and_key_own_detail_and_prices(
         assert entry is None  # made here by the test, not through the dashboard
         await page.goto(dashboard_url + "/keys")
         await page.fill("input[name=name]", "made by the user")
-        await page.click("button:has-text('Create key')")
+        await page.click("button:has-text('Create new key')")
         await page.wait_for_selector("#new-key")
         made = await pg.fetchval(
             "SELECT id FROM api_keys WHERE user_id = $1 AND name = 'made by the user'", user.id
