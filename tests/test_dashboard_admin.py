@@ -6,6 +6,7 @@ form by form; credit, user settings, providers, provider keys, alerts, system.""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from decimal import Decimal
 
 import pytest
@@ -181,6 +182,21 @@ async def test_operator_sets_a_password_and_creates_users(pg, browser: Browser, 
     assert status == 303 and resp.headers["Location"].startswith("/admin/users/")
     created = await pg.fetchrow("SELECT is_admin, password_hash FROM users WHERE email = $1", email)
     assert created and not created["is_admin"] and created["password_hash"] is None
+
+    # as `meterway user create EMAIL --admin --rate-multiplier 1.25 --password P`
+    email = f"full-{user.id}@example.com"
+    status, _, _ = await browser.post("/admin/users", {"email": email, "is_admin": "on",
+                                      "rate_multiplier": "1.25", "password": new})  # fmt: skip
+    assert status == 303
+    created = await pg.fetchrow("SELECT id, is_admin, rate_multiplier FROM users"
+                                " WHERE email = $1", email)  # fmt: skip
+    assert created["is_admin"] and created["rate_multiplier"] == Decimal("1.25")
+    assert await other_browser.login(type(user)(created["id"], email, new)) == 303
+    for bad in ({"rate_multiplier": "-1"}, {"password": "short"}):
+        email = f"bad-{secrets.token_hex(3)}@example.com"
+        status, _, _ = await browser.post("/admin/users", {"email": email, **bad})
+        assert status == 303 and not await pg.fetchval(
+            "SELECT 1 FROM users WHERE email = $1", email)  # fmt: skip
 
 
 async def test_operator_pauses_resumes_and_sets_thresholds(pg, redis, browser: Browser):

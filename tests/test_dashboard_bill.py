@@ -130,11 +130,33 @@ async def test_pages_do_not_query_per_row(pg, browser: Browser, monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(asyncpg.Connection, name, counted)
-    for path in (f"/admin/users/{user.id}", f"/admin/usage?user={user.email}", "/admin/audit"):
+    pages = (f"/admin/users/{user.id}", f"/admin/usage?user={user.email}", "/admin/audit",
+             f"/admin/users/{user.id}/billing", "/admin/users", "/admin/providers",
+             "/admin/provider-keys", "/admin/system", "/admin/alerts", "/admin/codes")  # fmt: skip
+    for path in pages:
         count[0] = 0
         status, _, _ = await browser.get(path)
         assert status == 200
         assert 0 < count[0] < 15, (path, count[0])  # 30 keys, 60 rows: not one query each
+    await browser.login(user)  # the user's own pages: as many statements with more rows
+    user_pages = ("/usage", "/keys", "/billing", "/prices", "/settings", "/usage?page=2")
+
+    async def statements() -> dict[str, int]:
+        found = {}
+        for path in user_pages:
+            count[0] = 0
+            status, _, _ = await browser.get(path)
+            assert status == 200
+            found[path] = count[0]
+        return found
+
+    before = await statements()
+    assert all(0 < n < 20 for n in before.values()), before
+    for i in range(20):
+        s = new_proxy_key()
+        key = await api_keys.create(pg, user.id, hash_proxy_key(s), visible_prefix(s), name=f"m{i}")
+        await add_usage(pg, user.id, cost="0.002", api_key_id=key.id, model=f"model-{i}")
+    assert await statements() == before
 
 
 def test_every_template_uses_the_one_money_format():
