@@ -22,13 +22,15 @@ async def provider_path(request: web.Request) -> web.StreamResponse:
     if spec is None:
         return await not_found(request)
     tail = request.match_info["tail"]
+    if "%2f" in request.raw_path.split("?", 1)[0].lower():  # an encoded slash: no separator
+        return await not_found(request)
     if request.method == "POST":
         call = resolve(spec, tail, request.query)
         if call is not None:
             request[ROUTE_LABELS] = (spec.name, call.adapter.endpoint)
             serve = serve_metered if is_billed(call.adapter) else serve_free
             return await serve(gw, request, call, request[REQUEST_ID])
-    elif request.method == "GET":
+    elif request.method in ("GET", "HEAD"):
         found = listing(spec, tail)
         if found is not None:
             request[ROUTE_LABELS] = (spec.name, "models")

@@ -233,7 +233,7 @@ async def send_now(request: web.Request, response: web.StreamResponse) -> None:
     request[FIRST_BYTE] = perf_counter()  # the body goes out with the headers
     if request.app[READINESS].draining:  # say so in the headers (see proxy.middleware)
         response.force_close()
-    with contextlib.suppress(ConnectionResetError):  # gone: billed all the same
+    with contextlib.suppress(ConnectionError):  # gone: billed all the same
         await response.prepare(request)
         await response.write_eof()
 

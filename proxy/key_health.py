@@ -112,8 +112,16 @@ def _google_error(body: Any) -> ProviderError | None:
     for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict):
             tokens.add(_str(detail.get("reason")))
+            violations = detail.get("violations")
+            for violation in violations if isinstance(violations, list) else ():
+                quota = violation.get("quotaId") if isinstance(violation, dict) else None
+                if isinstance(quota, str) and "PerDay" in quota:  # not a rate: a used-up day
+                    tokens.add(_DAILY_QUOTA)
     tokens.discard(None)
     return ProviderError(frozenset(tokens), _str(error.get("message")) or "")  # type: ignore[arg-type]
+
+
+_DAILY_QUOTA = "daily_quota"  # a token of ours: Google's quota ids name the day in them
 
 
 def _bearer(secret: str) -> tuple[str, str]:
@@ -152,6 +160,7 @@ RULES: dict[str, KeyRules] = {
         parse_error=_google_error,
         # per-minute limits and exhausted daily quotas alike: the key rests
         rate_limit=frozenset({"RESOURCE_EXHAUSTED"}),
+        quota=frozenset({_DAILY_QUOTA}),  # a daily quota used up: no cooling helps
         key_403=None,  # key restrictions, API not enabled for the key's project
         key_400=frozenset({"API_KEY_INVALID"}),
         probe_path="v1beta/models",
@@ -210,6 +219,7 @@ class KeyHealth:
         secret: str,
         *,
         auth: tuple[str, str] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> Probe:
         """Is this key accepted? `target` is the provider's models list."""
         now = time.monotonic()
@@ -221,7 +231,7 @@ class KeyHealth:
         future: asyncio.Future[Probe] = asyncio.get_running_loop().create_future()
         self._running[key_id] = future
         try:
-            result = await _probe_once(client, target, rules, auth or rules.auth(secret))
+            result = await _probe_once(client, target, rules, auth or rules.auth(secret), headers)
         except BaseException:
             future.set_result(Probe.UNKNOWN)
             raise
@@ -240,9 +250,15 @@ class KeyHealth:
 
 
 async def _probe_once(
-    client: UpstreamClient, target: Target, rules: KeyRules, auth: tuple[str, str]
+    client: UpstreamClient,
+    target: Target,
+    rules: KeyRules,
+    auth: tuple[str, str],
+    fixed: tuple[tuple[str, str], ...] = (),
 ) -> Probe:
-    headers = [auth, *rules.probe_headers, ("Accept", "application/json")]
+    """One GET of the models list with the key, and the provider's fixed
+    headers (a gateway in front of it may need them to let anything through)."""
+    headers = [*fixed, auth, *rules.probe_headers, ("Accept", "application/json")]
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             response = await client.get(target, headers)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from proxy.errors import ProxyError
+from proxy.forwarded_headers import upstream_headers
 from proxy.key_health import Probe, Verdict, classify, rules_for
 from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.metrics import FIRST_BYTE
@@ -42,43 +42,12 @@ from shared import invalidation, redis_keys
 from shared.db import alerts as db_alerts
 from shared.db import providers as db_providers
 from shared.events import TokenUsage
-from shared.provider_config import ProviderSpec
 
 log = structlog.get_logger("meterway.relay")
 
-# Client headers never sent upstream (auth, hop-by-hop, recomputed ones). The
-# headers that the client's `Connection` names are hop-by-hop too (RFC 9110 7.6.1).
-_DROP_REQUEST_HEADERS = frozenset(
-    {
-        "host",
-        "authorization",
-        "x-api-key",
-        "x-goog-api-key",
-        "content-length",
-        # hop-by-hop
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-        # the body goes upstream as it was read; never claim an encoding for it
-        "content-encoding",
-        "cookie",
-        "expect",  # the body is sent whole at once; a 100 Continue would be noise
-        "accept-encoding",
-        "content-type",
-        # these scope a request to an OpenAI account: the provider key's, not the client's
-        "openai-organization",
-        "openai-project",
-    }
-)
 _COOLDOWN_DEFAULT_SECONDS = 5.0
+# bytes queued for a client beyond which a write may wait on it (aiohttp waits above 64 KiB)
+_BEHIND_BYTES = 16 * 1024
 _MAX_KEYS_PER_REQUEST = 2
 _KEY_STATUSES = frozenset({401, 403, 429})  # the only answers that may speak about the key
 
@@ -104,36 +73,6 @@ class _Step:
 
     body: bytes | None = None
     moved: bool = False  # this answer cooled or disabled the key
-
-
-def upstream_headers(
-    request: web.Request, key: UpstreamKey, spec: ProviderSpec | None = None
-) -> list[tuple[str, str]]:
-    """The client's headers minus what never goes upstream, then the provider's
-    fixed headers (which replace the client's of that name) and the key's auth."""
-    received = request.headers
-    drop = _DROP_REQUEST_HEADERS
-    replaced = spec.replaced if spec is not None else frozenset()
-    connection = received.getall("connection", None)
-    if connection:  # SDKs send `Connection: keep-alive`: one cached lookup
-        drop = _drop_with(connection[0] if len(connection) == 1 else ",".join(connection), replaced)
-    elif replaced:
-        drop = _drop_with("", replaced)
-    headers = [(name, value) for name, value in received.items() if name.lower() not in drop]
-    headers.append(("Content-Type", "application/json"))
-    if spec is not None and spec.headers:
-        headers.extend(spec.headers)
-    headers.append(key.auth)
-    return headers
-
-
-@functools.lru_cache(maxsize=256)
-def _drop_with(connection: str, replaced: frozenset[str] = frozenset()) -> frozenset[str]:
-    """The headers not to forward when the client's `Connection` says
-    `connection`: the usual ones, every name it lists (any case), and the ones
-    the provider sets itself (`replaced`)."""
-    named = (name.strip().lower() for name in connection.split(","))
-    return _DROP_REQUEST_HEADERS.union(replaced, (name for name in named if name))
 
 
 def _retry_after(response: UpstreamResponse) -> float:
@@ -291,7 +230,13 @@ class Relay:
             return _Step(moved=True) if can_retry else _Step(body=body, moved=True)
         if verdict is Verdict.SUSPECT:
             probe = await self.gw.pool.health.probe(
-                self.gw.upstream, self._probe_target(), rules, key.id, key.secret, auth=key.auth
+                self.gw.upstream,
+                self._probe_target(),
+                rules,
+                key.id,
+                key.secret,
+                auth=key.auth,
+                headers=self.spec.headers,
             )
             log.warning(
                 "provider_key_probed",
@@ -410,13 +355,13 @@ class Relay:
                     if first:  # time to first byte: the first body bytes, not the headers
                         self.request[FIRST_BYTE] = perf_counter()
                         first = False
-                    await answer.write(out)
+                    await self._send(answer, out)
             rest = scanner.finish()
             if rest:
-                await answer.write(rest)
+                await self._send(answer, rest)
             if not scanner.complete and not scanner.error_event:
                 outcome = "upstream_truncated"
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):  # reset, broken pipe, lost
             outcome = "client_disconnected"
             await self._after_client_left(response, scanner)
         except (UpstreamError, TimeoutError):
@@ -427,7 +372,7 @@ class Relay:
         if outcome == "completed" and scanner.error_event:
             outcome = "upstream_error_event"
         if outcome != "client_disconnected":
-            with contextlib.suppress(ConnectionResetError):
+            with contextlib.suppress(ConnectionError):
                 await answer.write_eof()
         return RelayResult(
             answer,
@@ -440,6 +385,24 @@ class Relay:
             outcome=outcome,
             response_id=scanner.response_id,
         )
+
+    async def _send(self, answer: web.StreamResponse, data: bytes) -> None:
+        """Write to the client; one that stops reading for CLIENT_WRITE_TIMEOUT_SECONDS
+        is treated as gone (its stream billed as a disconnect, its hold released),
+        so a stalled reader cannot keep a hold and an upstream stream forever. The
+        timer runs only for a write that may have to wait (the client behind, or a
+        large block), not for the small chunks of an ordinary stream."""
+        transport = self.request.transport
+        if transport is None or transport.get_write_buffer_size() + len(data) < _BEHIND_BYTES:
+            await answer.write(data)
+            return
+        try:
+            async with asyncio.timeout(self.gw.settings.client_write_timeout_seconds):
+                await answer.write(data)
+        except TimeoutError as exc:
+            log.warning("client_stopped_reading", queued=transport.get_write_buffer_size())
+            transport.abort()
+            raise ConnectionResetError("client stopped reading") from exc
 
     async def _after_client_left(self, response: UpstreamResponse, scanner: StreamScanner) -> None:
         """`abort`: close upstream at once so generation stops. `finish`: read on,
@@ -459,5 +422,5 @@ class Relay:
     async def _end_broken_stream(self, answer: web.StreamResponse, scanner: StreamScanner) -> None:
         """Tell the client the stream ended badly, in the provider's own way."""
         event = self.adapter.stream_error_event("Upstream stream ended unexpectedly")
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionError):
             await answer.write(scanner.finish() + event)

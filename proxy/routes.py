@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlencode
 
 from multidict import MultiMapping
 
+from proxy.errors import ProxyError
 from proxy.providers import ADAPTERS, GEMINI_JSON_STREAM, Adapter
 from proxy.upstream import Target, parse_target
 from shared.provider_config import ProviderSpec
@@ -76,14 +76,31 @@ def _gemini_call(spec: ProviderSpec, tail: str, query: MultiMapping[str]) -> Cal
     if match is None:
         return None
     method = match["method"]
-    sse = query.get("alt") == "sse"
+    sse = _check_gemini_query(query, method)
     if method == "streamGenerateContent" and not sse:
         adapter = GEMINI_JSON_STREAM
     else:
         adapter = ADAPTERS[("gemini", method)]
-    kept = [(name, value) for name, value in query.items() if name != "key"]
-    path = tail + (f"?{urlencode(kept)}" if kept else "")
+    path = tail + ("?alt=sse" if sse else "")
     return Call(spec, adapter, target(spec.base_url, path), match["model"])
+
+
+def _check_gemini_query(query: MultiMapping[str], method: str) -> bool:
+    """Whether the client asked for SSE. Only `key` (the proxy key, never sent on)
+    and `alt=sse` on a stream are taken: Google's system parameters (`fields`,
+    `$alt`, `callback`, `prettyPrint`...) could strip `usageMetadata` or change the
+    answer's format, so the proxy could not bill it; they are refused."""
+    sse = False
+    for name, value in query.items():
+        if name == "key":
+            continue
+        if name == "alt" and value == "sse" and method == "streamGenerateContent" and not sse:
+            sse = True
+            continue
+        raise ProxyError(
+            400, f"Query parameter {name!r} is not supported here", code="unsupported_parameter"
+        )
+    return sse
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Slow or huge clients (contract section 10).
     client_header_timeout_seconds: float = Field(default=10.0, gt=0)
     client_body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # a streaming client that reads nothing for this long is cut (its stream billed as a
+    # disconnect): a stalled reader may not keep its hold and an upstream stream forever
+    client_write_timeout_seconds: float = Field(default=60.0, gt=0)
     dashboard_session_max_hours: float = Field(default=12.0, gt=0)
 
     # Money in (contract section 7): Stripe Checkout top-ups. Secrets never show in a repr.

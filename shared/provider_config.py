@@ -217,6 +217,9 @@ async def add_provider(
     fixed = check_headers(headers, auth)
     if name in BUILTINS:
         raise ProviderConfigError(f"provider {name!r} is built in")
+    earlier = await conn.fetchrow(
+        "SELECT kind, base_url, auth_header FROM providers WHERE name = $1 FOR UPDATE", name
+    )
     row = await conn.fetchrow(
         "INSERT INTO providers (name, kind, base_url, auth_header, headers)"
         " VALUES ($1, $2, $3, $4, $5::jsonb)"
@@ -233,6 +236,18 @@ async def add_provider(
     )
     if row is None:
         raise ProviderConfigError(f"provider {name!r} already exists")
+    stored_auth = None if auth == DEFAULT_AUTH_HEADER[kind] else auth
+    if earlier is not None and (earlier["kind"], earlier["base_url"], earlier["auth_header"]) != (
+        kind,
+        url,
+        stored_auth,
+    ):  # brought back elsewhere: its old secrets must not go to the new place unasked
+        await conn.execute(
+            "UPDATE provider_keys SET status = 'disabled', updated_at = now(),"
+            " status_reason = 'provider added again with another kind, URL or auth header'"
+            " WHERE provider = $1 AND status = 'active'",
+            name,
+        )
     return ProviderSpec(name, kind, url, auth, fixed)
 
 

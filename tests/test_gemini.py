@@ -261,3 +261,94 @@ async def test_stream_without_usage_is_billed_as_an_estimate_within_the_hold(
     assert "".join([c.text or "" async for c in stream]) == TEXT5
     record = await only_record(pg, acct.user_id)
     assert record["estimated"] is True and record["cost_usd"] > 0
+
+
+async def test_google_system_parameters_are_refused_and_shaping_headers_dropped(
+    proxy_url, accounts, upstream
+):
+    acct = await accounts.create("1")
+    body = {"contents": [{"parts": [{"text": PROMPT}]}]}
+    path = f"{proxy_url}/v1/gemini/v1beta/models/{MODEL}"
+    async with aiohttp.ClientSession() as http:
+        for query in (
+            "fields=candidates",
+            f"$key={acct.key}",
+            "alt=json",
+            "callback=f",
+            "$alt=sse",
+        ):
+            async with http.post(
+                f"{path}:generateContent?{query}", json=body, headers={"x-goog-api-key": acct.key}
+            ) as resp:
+                assert resp.status == 400, query
+                assert (await resp.json())["error"]["status"] == "INVALID_ARGUMENT"
+        async with http.post(
+            f"{path}:streamGenerateContent?alt=sse&alt=sse",
+            json=body,
+            headers={"x-goog-api-key": acct.key},
+        ) as resp:
+            assert resp.status == 400
+        upstream.clear()
+        shaping = {
+            "x-goog-api-key": acct.key,
+            "X-Goog-FieldMask": "candidates",
+            "X-HTTP-Method-Override": "GET",
+            "x-goog-api-client": "genai-py/3",
+        }
+        async with http.post(f"{path}:generateContent", json=body, headers=shaping) as resp:
+            assert resp.status == 200
+    sent = {k.lower(): v for k, v in upstream.recorded()[-1]["headers"].items()}
+    assert "x-goog-fieldmask" not in sent and "x-http-method-override" not in sent
+    assert sent["x-goog-api-client"] == "genai-py/3"
+    assert upstream.recorded()[-1].get("query") in ({}, None)
+
+
+async def test_json_array_stream_cut_short_is_billed_for_what_came(proxy_url, accounts, pg):
+    acct = await accounts.create("2")
+    body = {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{proxy_url}/v1/gemini/v1beta/models/{MODEL}:streamGenerateContent",
+            json=body,
+            headers={
+                "x-goog-api-key": acct.key,
+                "x-sim-break-after": "2",
+                "x-sim-tool-use-tokens": "900",
+            },
+        ) as resp:
+            raw = await resp.read()
+    assert raw.rstrip().endswith(b"]")  # the array is closed with Google's error element
+    record = await only_record(pg, acct.user_id)
+    assert record["outcome"] == "upstream_broken"
+    assert record["input_tokens"] == P + 900  # from the elements that came whole
+
+
+async def test_candidate_count_as_a_string_still_multiplies_the_hold(proxy_url, accounts):
+    acct = await accounts.create("0.01")
+    body = {
+        "contents": [{"parts": [{"text": PROMPT}]}],
+        "generationConfig": {"maxOutputTokens": 1000, "candidateCount": "8"},
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{proxy_url}/v1/gemini/v1beta/models/{MODEL}:generateContent",
+            json=body,
+            headers={"x-goog-api-key": acct.key},
+        ) as resp:
+            assert resp.status == 402
+            assert (await resp.json())["error"]["status"] == "FAILED_PRECONDITION"
+
+
+async def test_encoded_slashes_do_not_route_and_head_lists_models(proxy_url, accounts):
+    acct = await accounts.create("1")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{proxy_url}/v1/openai/chat%2Fcompletions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+            headers={"Authorization": f"Bearer {acct.key}"},
+        ) as resp:
+            assert resp.status == 404
+        async with http.head(
+            f"{proxy_url}/v1/openai/models", headers={"Authorization": f"Bearer {acct.key}"}
+        ) as resp:
+            assert resp.status == 200
