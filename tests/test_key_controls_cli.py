@@ -86,9 +86,9 @@ async def test_create_with_controls_and_list_json(cli: Cli, pg: asyncpg.Pool) ->
 
     table = (await cli.ok("key", "list", email)).out
     assert (
-        "12.5/week" in table and "gpt-4o,gpt-4o-mini" in table and "2031-06-01T10:00:00Z" in table
+        "$12.50/week" in table and "gpt-4o,gpt-4o-mini" in table and "2031-06-01T10:00:00Z" in table
     )
-    assert "3/month" in table and "never" in table and secret not in table
+    assert "$3.00/month" in table and "never" in table and secret not in table
 
 
 async def test_create_refuses_bad_controls_with_one_line(cli: Cli, pg: asyncpg.Pool) -> None:
@@ -151,7 +151,7 @@ async def test_set_changes_only_what_is_given_clears_and_invalidates(
     try:
         r = await cli.ok("key", "set", str(key_id), "--budget-usd", "0.25", "--models", "gpt-4o")
         assert message in await _messages(pubsub)
-        assert "budget 0.25 USD per month" in r.out and "models gpt-4o" in r.out, r
+        assert "budget $0.25 per month" in r.out and "models gpt-4o" in r.out, r
         k = (await _listed(cli, email))[0]
         assert (k["budget_usd"], k["budget_period"], k["models"], k["rpm"]) == (
             "0.25", "month", ["gpt-4o"], 5)  # fmt: skip

@@ -16,7 +16,7 @@ from shared.db import audit
 from shared.db import providers as db
 from shared.db.usage import start_of_utc_day
 from shared.keys import SecretBox, visible_prefix
-from shared.money import usd_str
+from shared.money import usd_display, usd_str
 from shared.provider_config import list_provider_specs, served_names
 
 
@@ -207,8 +207,11 @@ async def provider_list(ctx: Context, as_json: bool) -> None:
         f"{'provider':<12} {'kind':<9} {'status':<8} {'warn_usd':>10} {'stop_usd':>10}"
         f" {'spend_today':>14}  base_url"
     )
-    for r in rows:
+    for r in rows:  # amounts in the one display rule; --json keeps them exact
+        warn = usd_display(r["warn_usd"]) if r["warn_usd"] is not None else "-"
+        stop = usd_display(r["stop_usd"]) if r["stop_usd"] is not None else "-"
+        spend = usd_display(r["spend_today_usd"], cost=True)
         print(
-            f"{r['provider']:<12} {r['kind']:<9} {r['status']:<8} {r['warn_usd'] or '-':>10}"
-            f" {r['stop_usd'] or '-':>10} {r['spend_today_usd']:>14}  {r['base_url']}"
+            f"{r['provider']:<12} {r['kind']:<9} {r['status']:<8} {warn:>10}"
+            f" {stop:>10} {spend:>14}  {r['base_url']}"
         )
