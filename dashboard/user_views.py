@@ -239,8 +239,12 @@ async def usage(request: web.Request) -> web.StreamResponse:
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     points = [(d, summary.by_day.get(d, Decimal(0))) for d in days]
     keys = await api_keys.list_for_user(st.pg, user.id)
-    key_rows = [{**dict(r), "label": _key_label(r["key_name"], r["key_prefix"], r["api_key_id"])}
-                for r in summary.by_key]  # fmt: skip
+    names = {k.id: k for k in keys}
+    key_rows = []
+    for r in summary.by_key:
+        k = names.get(r["api_key_id"])
+        label = _key_label(k.name if k else None, k.prefix if k else None, r["api_key_id"])
+        key_rows.append({**r, "label": label})
     used = {r["model"] for r in summary.by_model} | ({f.model} if f.model else set())
     models = sorted(set(key_controls.catalog_models(request)) | used)
     return render(request, "usage.html", {

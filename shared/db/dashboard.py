@@ -126,13 +126,27 @@ AGGREGATE_SETTINGS = "SET LOCAL jit = off; SET LOCAL work_mem = '32MB'"
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """A user's usage over a filter, from one scan: the total, per model, per key, per day."""
+    """A user's usage over a filter, from one scan: the total, per model, per key
+    (rows of model or api_key_id, requests, spend, input_tokens, output_tokens;
+    biggest spend first) and the spend per UTC day."""
 
     requests: int
     spend: Decimal
-    by_model: list[asyncpg.Record]
-    by_key: list[asyncpg.Record]
+    by_model: list[dict]
+    by_key: list[dict]
     by_day: dict[date, Decimal]
+
+
+def _rollup(rows: list[asyncpg.Record], name: str) -> list[dict]:
+    out: dict[object, dict] = {}
+    for r in rows:
+        acc = out.setdefault(r[name], {name: r[name], "requests": 0, "spend": Decimal(0),
+                                       "input_tokens": 0, "output_tokens": 0})  # fmt: skip
+        acc["requests"] += r["requests"]
+        acc["spend"] += r["spend"]
+        acc["input_tokens"] += r["input_tokens"]
+        acc["output_tokens"] += r["output_tokens"]
+    return sorted(out.values(), key=lambda a: (-a["spend"], str(a[name])))
 
 
 async def usage_summary(
@@ -140,29 +154,27 @@ async def usage_summary(
     key_id: int | None,
 ) -> Summary:  # fmt: skip
     """Requests, tokens and exact spend per model, per API key and per UTC day,
-    and in all, over the filter: one statement, one pass over the records
-    (grouping sets); biggest spend first."""
+    and in all, over the filter: one statement and one pass over the records,
+    grouped by (day, model, key) in Postgres (a few thousand groups at most for
+    a month) and rolled up here, exactly (Decimal)."""
     where, args = _usage_filter(user_id, start, end, model, key_id)
     rows = await _aggregate(
         conn,
-        "SELECT GROUPING(r.model) AS g_model, GROUPING(r.api_key_id) AS g_key,"
-        " GROUPING(d.day) AS g_day, r.model, r.api_key_id, d.day, min(k.name) AS key_name,"
-        " min(k.prefix) AS key_prefix, count(*) AS requests, SUM(r.cost_usd) AS spend,"
-        " SUM(r.input_tokens) AS input_tokens, SUM(r.output_tokens) AS output_tokens"
-        f"{_OWN_FROM}"
-        " CROSS JOIN LATERAL (SELECT (r.created_at AT TIME ZONE 'UTC')::date AS day) d"
-        f" WHERE {where}"
-        " GROUP BY GROUPING SETS ((r.model), (r.api_key_id), (d.day), ())"
-        " ORDER BY spend DESC NULLS LAST, r.model, r.api_key_id",
+        "SELECT (r.created_at AT TIME ZONE 'UTC')::date AS day, r.model, r.api_key_id,"
+        " count(*) AS requests, SUM(r.cost_usd) AS spend, SUM(r.input_tokens) AS input_tokens,"
+        f" SUM(r.output_tokens) AS output_tokens FROM usage_records r WHERE {where}"
+        " GROUP BY 1, 2, 3",
         *args,
     )
-    total = next((r for r in rows if r["g_model"] and r["g_key"] and r["g_day"]), None)
+    by_day: dict[date, Decimal] = {}
+    for r in rows:
+        by_day[r["day"]] = by_day.get(r["day"], Decimal(0)) + r["spend"]
     return Summary(
-        requests=int(total["requests"]) if total else 0,
-        spend=Decimal(total["spend"]) if total and total["spend"] is not None else Decimal(0),
-        by_model=[r for r in rows if not r["g_model"]],
-        by_key=[r for r in rows if not r["g_key"]],
-        by_day={r["day"]: Decimal(r["spend"]) for r in rows if not r["g_day"]},
+        requests=sum(r["requests"] for r in rows),
+        spend=sum(by_day.values(), Decimal(0)),
+        by_model=_rollup(rows, "model"),
+        by_key=_rollup(rows, "api_key_id"),
+        by_day=by_day,
     )
 
 
@@ -250,11 +262,12 @@ async def key_spends(
     if not spans:
         return {}
     rows = await conn.fetch(
-        "SELECT s.key_id, COALESCE(SUM(r.cost_usd), 0) AS spend, count(r.id) AS requests"
+        "SELECT s.key_id, t.spend, t.requests"
         " FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS s(key_id, s0, s1)"
-        " LEFT JOIN usage_records r ON r.api_key_id = s.key_id"
-        "  AND (s.s0 IS NULL OR (r.created_at >= s.s0 AND r.created_at < s.s1))"
-        " GROUP BY s.key_id",
+        " CROSS JOIN LATERAL (SELECT COALESCE(SUM(r.cost_usd), 0) AS spend, count(*) AS requests"
+        "  FROM usage_records r WHERE r.api_key_id = s.key_id"  # a range of its index per key
+        "  AND r.created_at >= COALESCE(s.s0, '-infinity')"
+        "  AND r.created_at < COALESCE(s.s1, 'infinity')) t",
         [k for k, _, _ in spans],
         [s for _, s, _ in spans],
         [e for _, _, e in spans],
@@ -278,6 +291,7 @@ def usage_search_filter(
     *,
     user: str | None = None,
     user_id: int | None = None,
+    user_ids: list[int] | None = None,
     key: str | None = None,
     model: str | None = None,
     start: date | None = None,
@@ -285,7 +299,8 @@ def usage_search_filter(
     request_id: str | None = None,
 ) -> tuple[str, list]:
     """WHERE clause over usage_records r JOIN users u LEFT JOIN api_keys k. `user`:
-    an email substring; `key`: a key id or a prefix / name substring; `end` inclusive."""
+    an email substring (`user_ids`: the ids it matches, from `matching_users`); `key`: a key
+    id or a prefix / name substring; `end` inclusive."""
     clauses, args = ["TRUE"], []
 
     def add(clause: str, *values: object) -> None:
@@ -298,8 +313,13 @@ def usage_search_filter(
         add("r.request_id = ?", request_id)
     if user_id is not None:
         add("r.user_id = ?", user_id)
-    if user:  # the matching users first, so that one user's records come by their index
-        add("r.user_id = ANY(ARRAY(SELECT id FROM users WHERE email LIKE ?))", _like(user.lower()))
+    if user_ids is not None:  # one user: their records come by the (user_id, created_at) index
+        if len(user_ids) == 1:
+            add("r.user_id = ?", user_ids[0])
+        else:
+            add("r.user_id = ANY(?::bigint[])", list(user_ids))
+    if user:
+        add("u.email LIKE ?", _like(user.lower()))
     if key:
         if key.isascii() and key.isdigit() and len(key) <= 18:
             add("r.api_key_id = ?", int(key))
@@ -314,6 +334,16 @@ def usage_search_filter(
     return " AND ".join(clauses), args
 
 
+async def matching_users(conn: Conn, text: str, limit: int = 1000) -> list[int] | None:
+    """The ids of the users whose email contains `text` (None: more than `limit`)."""
+    rows = await conn.fetch(
+        "SELECT id FROM users WHERE email LIKE $1 ORDER BY id LIMIT $2",
+        _like(text.strip().lower()),
+        limit + 1,
+    )
+    return None if len(rows) > limit else [r["id"] for r in rows]
+
+
 _SEARCH_FROM = (
     " FROM usage_records r JOIN users u ON u.id = r.user_id"
     " LEFT JOIN api_keys k ON k.id = r.api_key_id"
@@ -321,13 +351,16 @@ _SEARCH_FROM = (
 
 
 async def usage_search(
-    conn: Conn, where: str, args: list, *, limit: int, offset: int
+    conn: Conn, where: str, args: list, *, limit: int, offset: int, by_time: bool = True
 ) -> list[asyncpg.Record]:
-    """One page of matching records, newest first (one query; ask limit+1 to know more)."""
+    """One page of matching records, newest first (one query; ask limit+1 to know
+    more): by request time, or (`by_time=False`, across every user) by settlement
+    order, which the primary key serves without reading every record."""
     n = len(args)
+    order = "r.created_at DESC, r.id DESC" if by_time else "r.id DESC"
     return await conn.fetch(
         f"SELECT {SEARCH_COLUMNS}{_SEARCH_FROM} WHERE {where}"
-        f" ORDER BY r.created_at DESC, r.id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        f" ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
         *args,
         limit,
         offset,
