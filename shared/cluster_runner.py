@@ -49,6 +49,7 @@ class ClusterScriptRunner:
         self._slots: list[str | None] = [None] * SLOTS
         self._loaded = False
         self._refreshing: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
         self.redirections: collections.Counter[str] = collections.Counter()  # by kind
 
@@ -114,7 +115,9 @@ class ClusterScriptRunner:
         self._loaded = False
         node = self._nodes.pop(address, None)
         if node is not None:
-            asyncio.get_running_loop().create_task(node.close())
+            task = asyncio.get_running_loop().create_task(node.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():
