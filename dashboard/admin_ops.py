@@ -137,8 +137,11 @@ async def alerts_page(request: web.Request) -> web.StreamResponse:
     rows = await st.pg.fetch(
         "SELECT a.id, a.rule, a.subject, a.day, a.message, a.recipients, a.created_at,"
         " a.emailed_at, a.email_error, a.webhook_state, a.webhook_attempts, a.webhook_error,"
-        " u.email AS user_email FROM alerts a LEFT JOIN users u"
+        " u.email AS user_email, pk.provider AS key_provider, pk.name AS key_name,"
+        " pk.prefix AS key_prefix FROM alerts a LEFT JOIN users u"
         " ON a.subject LIKE 'user:%' AND u.id::text = substr(a.subject, 6)"
+        " LEFT JOIN provider_keys pk"
+        " ON a.subject LIKE 'provider\\_key:%' AND pk.id::text = substr(a.subject, 14)"
         " ORDER BY a.id DESC LIMIT $1 OFFSET $2",
         ALERTS_PAGE + 1,
         (page - 1) * ALERTS_PAGE,

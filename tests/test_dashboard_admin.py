@@ -270,6 +270,20 @@ async def test_operator_read_only_pages(pg, redis, settings, browser: Browser, p
     assert status == 200
     if page == "/admin/alerts":
         assert "user_low_balance" in text and "balance below 1 USD" in text
+        key_id = await pg.fetchval(
+            "INSERT INTO provider_keys (provider, name, prefix, secret_enc, status) VALUES"
+            " ('openai', 'alerted', 'sk-alert', '\\x00', 'disabled') RETURNING id"
+        )
+        await pg.execute(
+            "INSERT INTO alerts (rule, subject, day, message) VALUES ('provider_key_disabled',"
+            " $1, current_date, 'key refused')", f"provider_key:{key_id}",
+        )  # fmt: skip
+        _, text, _ = await browser.get(page)
+        row = text.split('data-rule="provider_key_disabled"')[1].split("</tr>")[0]
+        assert "openai key alerted <code>sk-alert…</code>" in row  # not provider_key:N
+        assert ">Provider key disabled</td>" in row
+        await pg.execute("DELETE FROM alerts WHERE subject = $1", f"provider_key:{key_id}")
+        await pg.execute("DELETE FROM provider_keys WHERE id = $1", key_id)
     elif page == "/admin/catalog":
         assert "gpt-4o" in text and "claude-sonnet-4-5" in text
     else:
