@@ -329,9 +329,15 @@ async def test_system_page_health_reconcile_and_paused_banner(pg, redis, browser
     assert "paused-banner" not in (await other_browser.get("/usage"))[1]
     try:
         await providers.set_paused(pg, "anthropic", True, "test")
-        _, text, _ = await other_browser.get("/usage")
+        _, text, _ = await other_browser.get("/usage")  # no requests yet: every paused one
         assert 'id="paused-banner"' in text and "anthropic is paused" in text
         _, text, _ = await browser.get("/admin/users")
         assert 'id="paused-banner"' in text
+        await add_usage(pg, user.id)  # an openai request: anthropic is not one the user uses
+        assert "paused-banner" not in (await other_browser.get("/usage"))[1]
+        assert 'id="paused-banner"' in (await browser.get("/admin/users"))[1]  # operators: all
+        await pg.execute("UPDATE usage_records SET provider = 'anthropic' WHERE request_id = $1",
+                         await add_usage(pg, user.id, model="claude-sonnet-4-5"))  # fmt: skip
+        assert 'id="paused-banner"' in (await other_browser.get("/usage"))[1]
     finally:
         await providers.set_paused(pg, "anthropic", False)
