@@ -58,24 +58,37 @@ class RedisClusterServer:
         return f"redis://127.0.0.1:{port}/0"
 
     async def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         for port in self.ports:
-            proc = await asyncio.create_subprocess_exec(
-                binary,
-                "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--cluster-enabled", "yes", "--cluster-node-timeout", "5000",
-                "--cluster-config-file", str(self.dir / f"nodes-{port}.conf"),
-                "--dir", str(self.dir),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            self.procs.append(proc)
+            self.procs.append(await self._spawn(port))
         for port in self.ports:
             await _wait_port(port)
         if not self._created:
             await self._create()
             self._created = True
         await self.wait_ok()
+
+    async def kill_node(self, port: int) -> None:
+        """SIGKILL one master (its data is gone; its node file stays)."""
+        proc = self.procs[self.ports.index(port)]
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    async def restart_node(self, port: int) -> None:
+        self.procs[self.ports.index(port)] = await self._spawn(port)
+        await _wait_port(port)
+        await self.wait_ok()
+
+    async def _spawn(self, port: int) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--cluster-enabled", "yes", "--cluster-node-timeout", "5000",
+            "--cluster-config-file", str(self.dir / f"nodes-{port}.conf"),
+            "--dir", str(self.dir),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
 
     async def _create(self) -> None:
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"

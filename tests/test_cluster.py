@@ -16,6 +16,7 @@ from decimal import Decimal
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import invalidation, redis_keys
 from shared.balance_view import BalanceView
@@ -248,3 +249,33 @@ async def test_requests_billed_once_while_slots_move(cluster_stack, pg):
     assert seen and min(int(c["idle"]) for c in seen) < 60_000
     code, out = await stack.reconcile()
     assert code == 0, out
+
+
+async def test_a_master_lost_fails_its_users_only_and_the_runner_comes_back(cluster, rc, runner):
+    """A master killed mid-traffic: its users' scripts fail at once with a
+    connection error (never resent: the proxy answers 503), the other masters'
+    users go on; once it is back (empty, as a Redis that lost its data), the
+    runner reconnects and the view is reloaded like after a flush."""
+    view = BalanceView(rc, runner)
+    users = list(range(4000, 4016))  # every shard once
+    for user_id in users:
+        await view.publish(user_id, Decimal("1"), 1)
+        assert (await view.hold(user_id, f"x{user_id}", 10, 60_000)).placed
+    victim = await cluster.owner(key_slot(redis_keys.balance(users[0]).encode()))
+    on_victim = [
+        u for u in users if await cluster.owner(key_slot(redis_keys.balance(u).encode())) == victim
+    ]
+    await cluster.kill_node(victim)
+    try:
+        for user_id in users:
+            if user_id in on_victim:
+                with pytest.raises(RedisConnectionError):
+                    await view.hold(user_id, f"y{user_id}", 10, 60_000)
+            else:  # before the cluster marks the node failed (node timeout 5 s)
+                assert (await view.hold(user_id, f"y{user_id}", 10, 60_000)).placed
+    finally:
+        await cluster.restart_node(victim)
+    for user_id in on_victim:
+        assert (await view.hold(user_id, f"z{user_id}", 10, 60_000)).missing_view
+        await view.publish(user_id, Decimal("1"), 1)
+        assert (await view.hold(user_id, f"z{user_id}", 10, 60_000)).placed
