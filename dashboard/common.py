@@ -18,7 +18,6 @@ import structlog
 from aiohttp import web
 from markupsafe import Markup
 from redis.asyncio import Redis
-from yarl import URL
 
 from dashboard.sessions import (
     ANON_TTL,
@@ -30,7 +29,7 @@ from dashboard.sessions import (
     sign,
     unsign,
 )
-from shared import invalidation, money
+from shared import invalidation, money, public_urls
 from shared.balance_view import BalanceView
 from shared.config import Settings
 from shared.db import dashboard as dashboard_queries
@@ -187,17 +186,9 @@ def render(
 
 def docs_url(request: web.Request) -> str:
     """The proxy's developer docs: `PUBLIC_PROXY_URL` when set (the proxy on
-    another host), else this host on the proxy's port."""
-    settings = state(request).settings
-    configured = (getattr(settings, "public_proxy_url", None) or "").strip().rstrip("/")
-    if configured:
-        return configured + "/docs"
-    try:
-        host = URL(f"http://{request.host}").raw_host or "localhost"
-    except ValueError:
-        host = "localhost"
+    another host), else this host on the proxy's port (shared.public_urls)."""
     scheme = "https" if is_https(request) else "http"
-    return str(URL.build(scheme=scheme, host=host, port=settings.proxy_port, path="/docs"))
+    return public_urls.proxy_url(state(request).settings, scheme, request.host) + "/docs"
 
 
 def current_user(request: web.Request) -> users.User:
