@@ -104,9 +104,12 @@ HOLD_EXPIRY_PATTERN = f"{PREFIX}:{{q*}}:u:*:holdexp"
 
 
 def user_id_of(key: str | bytes) -> int:
-    """The user id inside a per-user key name."""
+    """The user id inside a per-user key name (also of the layout before shards,
+    `mw:{u:<id>}:...`)."""
     text = key.decode() if isinstance(key, bytes) else key
-    return int(text.split("}:u:", 1)[1].split(":", 1)[0])
+    if "}:u:" in text:
+        return int(text.split("}:u:", 1)[1].split(":", 1)[0])
+    return int(text.split("{u:", 1)[1].split("}", 1)[0])
 
 
 def daily_counter(day_iso: str, kind: str, name: str | int) -> str:
@@ -153,5 +156,6 @@ def dashboard_form_once(nonce: str) -> str:
 
 
 def redeem_tries(user_id: int) -> str:
-    """Sorted set of a user's failed (and in-flight) code redemptions in the last hour."""
-    return f"{_user(user_id)}:redeem"
+    """Sorted set of a user's failed (and in-flight) code redemptions in the last hour
+    (its script touches it alone: it keeps the user's own tag)."""
+    return f"{PREFIX}:{{u:{user_id}}}:redeem"

@@ -40,10 +40,10 @@ def test_a_user_and_its_usage_stream_share_one_slot():
             *redis_keys.user_keys(user_id),
             redis_keys.rate_window(user_id, 3, 29_000_000),
             redis_keys.response_tokens(user_id, "resp_1"),
-            redis_keys.redeem_tries(user_id),
         ]:
             assert key_slot(key.encode()) == slot, key
         assert redis_keys.user_id_of(redis_keys.hold_expiry(user_id)) == user_id
+        assert redis_keys.user_id_of(redis_keys.redeem_tries(user_id)) == user_id
     # shard k's slot lies in the k-th sixteenth of the slot range: masters owning
     # contiguous ranges (as redis-cli --cluster create assigns them) get even shares
     slots = [key_slot(s.encode()) for s in redis_keys.USAGE_STREAMS]
