@@ -140,7 +140,9 @@ async def test_user_creates_uses_sees_and_revokes_a_key(
             for days, amount in [(1, "0.42"), (2, "0.35"), (4, "0.61"), (6, "0.12"), (9, "0.48"),
                                (12, "0.27"), (15, "0.74"), (19, "0.2"), (23, "0.33")]:  # fmt: skip
                 created = datetime.now(UTC) - timedelta(days=days)
-                await add_usage(pg, user.id, model="gpt-4.1", cost=amount, created_at=created)
+                made = await pg.fetchval("SELECT id FROM api_keys WHERE user_id = $1", user.id)
+                await add_usage(pg, user.id, model="gpt-4.1", cost=amount, created_at=created,
+                                api_key_id=made)  # fmt: skip
         await page.goto(dashboard_url + "/usage")
         row = page.locator(f'tr[data-request-id="{request_id}"]')
         await row.wait_for()
