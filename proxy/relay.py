@@ -349,13 +349,17 @@ class Relay:
             if self.request.app[READINESS].draining:  # its headers say so (proxy.middleware)
                 answer.force_close()
             await answer.prepare(self.request)
+            transport = self.request.transport
             async for chunk in response.iter_chunks():
                 out = scanner.feed(chunk)
                 if out:
                     if first:  # time to first byte: the first body bytes, not the headers
                         self.request[FIRST_BYTE] = perf_counter()
                         first = False
-                    await self._send(answer, out)
+                    if transport and transport.get_write_buffer_size() + len(out) < _BEHIND_BYTES:
+                        await answer.write(out)  # the client keeps up: no timer needed
+                    else:
+                        await self._send(answer, out)
             rest = scanner.finish()
             if rest:
                 await self._send(answer, rest)
