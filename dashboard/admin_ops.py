@@ -59,17 +59,19 @@ async def provider_key_add(request: web.Request) -> web.StreamResponse:
     secret = field(form, "secret", 4097).strip()
     name = field(form, "name", 81).strip()
     if provider not in await served(request):
-        await flash_redirect(request, "/admin/provider-keys", "Choose a provider.")
+        await flash_redirect(request, "/admin/provider-keys", "Choose a provider.", error=True)
     if (len(secret) < 8 or len(secret) > 4096 or not secret.isascii() or not secret.isprintable()
             or any(c.isspace() for c in secret)):  # fmt: skip
-        await flash_redirect(request, "/admin/provider-keys", "That does not look like a key.")
+        await flash_redirect(
+            request, "/admin/provider-keys", "That does not look like a key.", error=True
+        )
     if len(name) > 80 or has_control(name):
         await flash_redirect(request, "/admin/provider-keys", "The name must be at most"
-                             " 80 characters, no control characters.")  # fmt: skip
+                             " 80 characters, no control characters.", error=True)  # fmt: skip
     try:
         box = SecretBox(st.settings.require_secret_key())
     except RuntimeError as exc:
-        await flash_redirect(request, "/admin/provider-keys", str(exc))
+        await flash_redirect(request, "/admin/provider-keys", str(exc), error=True)
     prefix = visible_prefix(secret)
     async with st.pg.acquire() as conn, conn.transaction():
         key_id = await db.add_key(conn, provider, name, prefix, box.encrypt(secret))

@@ -100,7 +100,9 @@ async def provider_remove(request: web.Request) -> web.StreamResponse:
     if before is None:
         raise web.HTTPNotFound()
     if before.builtin:
-        await flash_redirect(request, BACK, f"{name} is built in and cannot be removed.")
+        await flash_redirect(
+            request, BACK, f"{name} is built in and cannot be removed.", error=True
+        )
     reason, page = confirmed(
         request, await request.post(), title=f"Remove provider {name}?",
         button=f"Remove {name}", back=BACK,
@@ -115,7 +117,7 @@ async def provider_remove(request: web.Request) -> web.StreamResponse:
             await audit.record(conn, actor(request), "provider.remove", f"provider:{name}",
                                _fields(before), None, reason)  # fmt: skip
     except config.ProviderConfigError as exc:
-        await flash_redirect(request, BACK, str(exc))
+        await flash_redirect(request, BACK, str(exc), error=True)
     await st.notify(invalidation.PROVIDERS_MESSAGE)
     await flash_redirect(request, BACK, f"Provider {name} removed.")
 
@@ -157,7 +159,7 @@ async def provider_thresholds(request: web.Request) -> web.StreamResponse:
         warn = parse_amount(field(form, "warn_usd"), "Warn", allow_blank=True, negative=False)
         stop = parse_amount(field(form, "stop_usd"), "Stop", allow_blank=True, negative=False)
     except FormError as exc:
-        await flash_redirect(request, BACK, str(exc))
+        await flash_redirect(request, BACK, str(exc), error=True)
     async with st.pg.acquire() as conn, conn.transaction():
         await audit.set_thresholds(conn, actor(request), name, warn_usd=warn, stop_usd=stop)
     await st.notify(invalidation.PROVIDERS_MESSAGE)

@@ -64,18 +64,20 @@ async def user_create(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     email = field(form, "email", MAX_EMAIL + 1).strip().lower()
     if not _plausible_email(email):
-        await flash_redirect(request, "/admin/users", f"Not an email address: {email[:80]!r}.")
+        await flash_redirect(
+            request, "/admin/users", f"Not an email address: {email[:80]!r}.", error=True
+        )
     try:  # as `meterway user create EMAIL [--admin] [--rate-multiplier R] [--password P]`
         rate_text = field(form, "rate_multiplier", 40).strip()
         rate = parse_multiplier(rate_text, "Rate multiplier") if rate_text else Decimal(1)
     except FormError as exc:
-        await flash_redirect(request, "/admin/users", str(exc))
+        await flash_redirect(request, "/admin/users", str(exc), error=True)
     password = field(form, "password", MAX_PASSWORD + 1)
     hashed = None
     if password:
         problem = check_new_password(password, password)
         if problem:
-            await flash_redirect(request, "/admin/users", problem)
+            await flash_redirect(request, "/admin/users", problem, error=True)
         hashed = await hash_password(password)
     try:
         async with st.pg.acquire() as conn, conn.transaction():
@@ -85,7 +87,9 @@ async def user_create(request: web.Request) -> web.StreamResponse:
                                {**audit.user_fields(user),
                                 "password_set": hashed is not None})  # fmt: skip
     except asyncpg.UniqueViolationError:
-        await flash_redirect(request, "/admin/users", f"A user with email {email} exists.")
+        await flash_redirect(
+            request, "/admin/users", f"A user with email {email} exists.", error=True
+        )
     await flash_redirect(request, f"/admin/users/{user.id}", "User created." + (
         "" if hashed else " Set a password or make an invite link."))  # fmt: skip
 

@@ -181,7 +181,11 @@ def render(
             "cost": lambda v: money_html(v, cost=True), "tokens": tokens, "price": price_html,
             "exact": usd_str, "paused_providers": request.get(PAUSED_KEY, []),
             "docs_url": docs_url(request)}  # fmt: skip
-    return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+    merged = {**base, **context}
+    flash = merged.get("flash")
+    if isinstance(flash, str) and flash.startswith(ERROR_FLASH):  # a refusal, not news
+        merged["flash"], merged["error"] = None, merged.get("error") or flash[len(ERROR_FLASH) :]
+    return aiohttp_jinja2.render_template(template, request, merged, status=status)
 
 
 def docs_url(request: web.Request) -> str:
@@ -221,8 +225,14 @@ def admin_required(handler: Handler) -> Handler:
     return wrapper
 
 
-async def flash_redirect(request: web.Request, location: str, message: str) -> NoReturn:
-    await state(request).sessions.set_flash(request[SESSION_KEY], message)
+ERROR_FLASH = "\x1eerror:"  # a flash that reports a refusal: shown in the error style
+
+
+async def flash_redirect(
+    request: web.Request, location: str, message: str, *, error: bool = False
+) -> NoReturn:
+    text = ERROR_FLASH + message if error else message
+    await state(request).sessions.set_flash(request[SESSION_KEY], text)
     raise web.HTTPSeeOther(location)
 
 

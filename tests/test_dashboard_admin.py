@@ -225,6 +225,17 @@ async def test_operator_pauses_resumes_and_sets_thresholds(pg, redis, browser: B
     assert row["warn_usd"] == Decimal(50) and row["stop_usd"] == Decimal("80.5")
     _, text, _ = await browser.get("/admin/providers")
     assert 'value="80.5"' in text and "Spend today" in text
+    status, _, _ = await browser.post(  # a blank field clears its threshold
+        "/admin/providers/anthropic/thresholds", {"warn_usd": "", "stop_usd": "80.5"}
+    )
+    row = await pg.fetchrow("SELECT warn_usd, stop_usd FROM providers WHERE name = 'anthropic'")
+    assert status == 303 and row["warn_usd"] is None and row["stop_usd"] == Decimal("80.5")
+    await browser.post("/admin/providers/anthropic/thresholds", {"warn_usd": "x", "stop_usd": ""})
+    _, text, _ = await browser.get("/admin/providers")  # a refusal in the error style
+    assert '<p class="error" role="alert">' in text and 'class="flash"' not in text
+    assert (await pg.fetchrow("SELECT stop_usd FROM providers WHERE name = 'anthropic'"))[
+        "stop_usd"] == Decimal("80.5")  # fmt: skip
+    await browser.post("/admin/providers/anthropic/thresholds", {"warn_usd": "", "stop_usd": ""})
     assert (await browser.post("/admin/providers/nope/pause"))[0] == 404
 
 
