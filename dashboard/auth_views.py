@@ -19,6 +19,7 @@ from dashboard.common import (
     state,
 )
 from shared.db import dashboard as q
+from shared.db import users
 from shared.passwords import MAX_PASSWORD, MIN_PASSWORD, password_problem
 
 __all__ = ["MIN_PASSWORD", "check_new_password", "hash_password"]
@@ -58,7 +59,13 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     if request.get(USER_KEY) is not None:
         raise web.HTTPSeeOther("/")
     flash = await state(request).sessions.pop_flash(request[SESSION_KEY])
-    return render(request, "login.html", {"title": "Sign in", "flash": flash, "email": ""})
+    email = ""
+    if flash and flash.startswith(PREFILL):  # after an invite: the account's email filled in
+        email, _, flash = flash[len(PREFILL) :].partition("\x1f")
+    return render(request, "login.html", {"title": "Sign in", "flash": flash, "email": email})
+
+
+PREFILL = "\x1eemail:"
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -128,9 +135,12 @@ async def logout_everywhere(request: web.Request) -> web.StreamResponse:
 
 async def invite_page(request: web.Request) -> web.StreamResponse:
     token = request.match_info["token"]
-    if await state(request).invites.peek(token) is None:
+    user_id = await state(request).invites.peek(token)
+    account = await users.by_id(state(request).pg, user_id) if user_id is not None else None
+    if account is None:
         return _invite_gone(request)
-    return render(request, "invite.html", {"title": "Set your password", "token": token})
+    return render(request, "invite.html", {"title": "Set your password", "token": token,
+                  "account": account.email})  # fmt: skip
 
 
 async def invite_submit(request: web.Request) -> web.StreamResponse:
@@ -142,8 +152,10 @@ async def invite_submit(request: web.Request) -> web.StreamResponse:
     if problem:
         if await st.invites.peek(token) is None:
             return _invite_gone(request)
+        account = await users.by_id(st.pg, await st.invites.peek(token) or 0)
         return render(request, "invite.html", {"title": "Set your password", "token": token,
-                      "error": problem}, status=400)  # fmt: skip
+                      "error": problem, "account": account.email if account else ""},
+                      status=400)  # fmt: skip
     user_id = await st.invites.consume(token)
     if user_id is None:
         return _invite_gone(request)
@@ -152,7 +164,9 @@ async def invite_submit(request: web.Request) -> web.StreamResponse:
     if request[SESSION_KEY].user_id == user_id:  # this browser's session ended with the rest
         request[SESSION_KEY] = await st.sessions.create(None)
         request[USER_KEY] = None
-    await st.sessions.set_flash(request[SESSION_KEY], "Password set. You can sign in now.")
+    account = await users.by_id(st.pg, user_id)
+    await st.sessions.set_flash(request[SESSION_KEY], f"{PREFILL}{account.email if account else ''}"
+                                "\x1fPassword set. You can sign in now.")  # fmt: skip
     raise web.HTTPSeeOther("/login")
 
 

@@ -267,15 +267,17 @@ async def test_invite_link_sets_a_password_once(pg, browser: Browser, other_brow
     path = link.split(browser.base, 1)[1]
     assert path.startswith("/invite/")
 
-    status, _, _ = await other_browser.get(path)
-    assert status == 200
+    email = await pg.fetchval("SELECT email FROM users WHERE id = $1", invitee)
+    status, text, _ = await other_browser.get(path)
+    assert status == 200 and f'<strong id="invite-account">{email}</strong>' in text
     status, text, _ = await other_browser.post(path, {"password": "short", "confirm": "short"})
-    assert status == 400 and "at least 10" in text
+    assert status == 400 and "at least 10" in text and email in text
     new = "a-long-enough-password"
     status, _, _ = await other_browser.post(path, {"password": new, "confirm": new})
     assert status == 303
+    _, text, _ = await other_browser.get("/login")  # the email is filled in
+    assert f'name="email" value="{email}"' in text and "Password set" in text
     assert (await other_browser.get(path))[0] == 404  # used up
-    email = await pg.fetchval("SELECT email FROM users WHERE id = $1", invitee)
     assert await other_browser.login(type(admin)(invitee, email, new)) == 303
     assert (await other_browser.get("/usage"))[0] == 200
 
