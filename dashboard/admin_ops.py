@@ -26,7 +26,7 @@ from dashboard.common import (
     state,
     take_flash,
 )
-from shared import invalidation, provider_state, redis_keys
+from shared import invalidation, provider_state, redis_keys, usage_queue
 from shared.catalog import load_catalog
 from shared.db import audit
 from shared.db import dashboard as q
@@ -178,12 +178,9 @@ def _age(then: datetime | None) -> str:
 async def queue_stats(st: State) -> tuple[int, datetime | None]:
     """Unsettled usage events and when the oldest was queued: stream entries are
     deleted once settled, and their ids start with their epoch milliseconds."""
-    stream = redis_keys.USAGE_STREAM
-    depth = await st.redis.xlen(stream)
-    first = await st.redis.xrange(stream, count=1)
-    if not first:
+    depth, oldest_ms = await usage_queue.queue_depth(st.redis)  # every shard's stream
+    if oldest_ms is None:
         return depth, None
-    oldest_ms = int(first[0][0].split(b"-")[0])
     return depth, datetime.fromtimestamp(oldest_ms / 1000, UTC)
 
 
@@ -203,7 +200,7 @@ async def _health(st: State) -> list[tuple[str, str, bool]]:
         checks.append(("Redis", f"unreachable: {str(exc)[:120]}", False))
         return checks
     try:
-        consumers = await st.redis.xinfo_consumers(redis_keys.USAGE_STREAM, "settlers")
+        consumers = await usage_queue.consumers(st.redis)
         live = [c for c in consumers if int(c.get("idle", 10**9)) < 60_000]
         checks.append(("Workers (settling consumers seen in the last minute)",
                        f"{len(live)} of {len(consumers)}", bool(live)))  # fmt: skip

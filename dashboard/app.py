@@ -24,6 +24,7 @@ from dashboard import (
 )
 from dashboard.common import STATE, State, headers_middleware, session_middleware
 from dashboard.sessions import Invites, SessionStore, Throttle
+from shared import redis_client
 from shared.balance_view import BalanceView
 from shared.config import Settings
 from shared.db.pool import create_pool
@@ -114,7 +115,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pg = await create_pool(settings.database_url, max_size=5)
-        redis = Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings)  # a cluster when REDIS_CLUSTER=1
         app[STATE] = State(
             settings, pg, redis, SessionStore(redis), Throttle(redis), Invites(redis),
             BalanceView(redis), cookie_key(settings),

@@ -185,6 +185,8 @@ def render(
     flash = merged.get("flash")
     if isinstance(flash, str) and flash.startswith(ERROR_FLASH):  # a refusal, not news
         merged["flash"], merged["error"] = None, merged.get("error") or flash[len(ERROR_FLASH) :]
+    elif isinstance(flash, str) and flash.startswith("\x1e"):  # a sign-in page's prefill
+        merged["flash"] = flash.partition("\x1f")[2] or None
     return aiohttp_jinja2.render_template(template, request, merged, status=status)
 
 
