@@ -9,7 +9,6 @@ from pathlib import Path
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from redis.asyncio import Redis
 
 from dashboard import (
     admin_ops,

@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 from redis.asyncio import Redis
 
-from shared import invalidation
+from shared import invalidation, redis_client
 from shared.balance_view import BalanceView
 from shared.config import Settings
 
@@ -47,7 +47,7 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         pg = await asyncpg.connect(settings.database_url)
     except (OSError, asyncpg.PostgresError) as exc:
         raise CommandError(f"cannot connect to Postgres at DATABASE_URL: {exc}") from exc
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client.connect(settings)  # a cluster when REDIS_CLUSTER=1
     try:
         yield Context(settings, pg, redis)
     finally:

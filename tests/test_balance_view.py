@@ -56,11 +56,11 @@ def test_user_keys_share_one_cluster_slot():
         redis_keys.hold_keys(USER),
     ]
     assert len(set(keys)) == 4
-    for key in keys:
-        assert key.startswith("mw:{u:42}:")
+    for key in keys:  # the user's shard's hash tag: one slot with its usage stream
+        assert key.startswith(f"mw:{{{redis_keys.USAGE_SHARD_TAGS[42 % 16]}}}:u:42:")
     assert redis_keys.balance(4) != redis_keys.balance(42)
-    assert redis_keys.HOLD_EXPIRY_PATTERN == "mw:{u:*}:holdexp"
-    assert redis_keys.user_id_of(b"mw:{u:42}:holdexp") == 42
+    assert redis_keys.HOLD_EXPIRY_PATTERN == "mw:{q*}:u:*:holdexp"
+    assert redis_keys.user_id_of(redis_keys.hold_expiry(42)) == 42
 
 
 # ---------------------------------------------------------------- holds

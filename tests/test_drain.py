@@ -12,8 +12,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from shared.redis_keys import USAGE_STREAM
-from shared.usage_queue import GROUP
+from shared import usage_queue
 from tests.clients import anthropic_client
 from tests.conftest import wait_settled
 from tests.test_faults import HELLO, assert_books_close
@@ -160,8 +159,7 @@ async def test_worker_sigterm_leaves_nothing_unsettled(stack, books, pg, private
     worker.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(worker.wait(), 30) == 0
     # nothing it read is left pending: every batch in hand was settled and acknowledged
-    pending = await redis.xpending(USAGE_STREAM, GROUP)
-    assert pending["pending"] == 0, pending
+    assert await usage_queue.pending_count(redis) == 0
     settled = await pg.fetchval(
         "SELECT count(*) FROM usage_records WHERE request_id = ANY($1)", ids
     )

@@ -14,6 +14,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
+from shared import usage_queue
 from shared.balance_view import BalanceView
 from tests.clients import anthropic_client, openai_client
 from tests.conftest import wait_settled
@@ -208,10 +209,10 @@ async def test_worker_killed_mid_batch_and_duplicate_delivery(stack, books, pg, 
     await queue.enqueue(replay, 0)
     await queue.enqueue(replay, 0)
     for _ in range(50):  # both copies consumed
-        if await redis.xlen("mw:usage") == 0:
+        if (await usage_queue.queue_depth(redis))[0] == 0:
             break
         await asyncio.sleep(0.1)
-    assert await redis.xlen("mw:usage") == 0
+    assert (await usage_queue.queue_depth(redis))[0] == 0
     assert await pg.fetchval("SELECT count(*) FROM ledger WHERE request_id = $1", ids[0]) == 1
     await assert_books_close(pg, redis, stack, acct.user_id, Decimal(5))
 

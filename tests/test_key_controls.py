@@ -15,7 +15,7 @@ import pytest
 from proxy import key_controls
 from proxy.hold_bound import request_bound
 from proxy.providers import ADAPTERS
-from shared import invalidation, redis_keys
+from shared import invalidation, redis_keys, usage_queue
 from shared.catalog import load_catalog
 from shared.db import api_keys
 from shared.keys import hash_proxy_key
@@ -140,7 +140,7 @@ async def test_a_worker_killed_and_a_duplicate_delivery_leave_the_period_spend_e
     )  # fmt: skip
     await UsageQueue(redis).enqueue(replay, 0)
     for _ in range(50):
-        if await redis.xlen("mw:usage") == 0:
+        if (await usage_queue.queue_depth(redis))[0] == 0:
             break
         await asyncio.sleep(0.1)
     costs = await pg.fetch("SELECT cost_usd FROM usage_records WHERE user_id = $1", acct.user_id)

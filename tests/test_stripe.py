@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from dashboard.app import create_app
+from shared import redis_keys
 from shared.config import Settings
 from simulator.stripe_api import StripeSim, event
 from simulator.stripe_api import start as start_stripe
@@ -238,7 +239,7 @@ async def test_each_refund_debits_once_from_the_event_or_the_refunds_list(pg, re
                      ("refund", Decimal("-7.00"))]  # fmt: skip
     assert all(r["external_id"].startswith("stripe_refund:re_") for r in rows[1:])
     # the Redis view follows
-    view = await redis.hget(f"mw:{{u:{user.id}}}:bal", "units")
+    view = await redis.hget(redis_keys.balance(user.id), "units")
     if view is not None:
         assert int(view) == 30_500_000_000
 
