@@ -21,7 +21,7 @@ from dashboard.common import (
     state,
 )
 from shared.catalog import load_catalog
-from shared.db import dashboard as q
+from shared.db import usage_search as search
 
 PAGE = 50
 DEFAULT_DAYS = 30
@@ -49,18 +49,18 @@ async def usage_search(request: web.Request) -> web.StreamResponse:
     default_range = start is None and end is None and not request_id
     if default_range:  # without dates: the last 30 days (UTC)
         start = datetime.now(UTC).date() - timedelta(days=DEFAULT_DAYS - 1)
-    ids = await q.matching_users(st.pg, f["user"]) if f["user"] else None
-    where, args = q.usage_search_filter(
+    ids = await search.matching_users(st.pg, f["user"]) if f["user"] else None
+    where, args = search.usage_search_filter(
         user=f["user"] if f["user"] and ids is None else None, user_ids=ids,
         key=f["key"] or None, model=f["model"] or None,
         start=start, end=end, request_id=request_id or None,
     )  # fmt: skip
     page = page_number(request)
     narrow = bool(f["user"] or f["key"] or f["model"] or request_id or not default_range)
-    rows = await q.usage_search(st.pg, where, args, limit=PAGE + 1, offset=(page - 1) * PAGE,
+    rows = await search.usage_search(st.pg, where, args, limit=PAGE + 1, offset=(page - 1) * PAGE,
                                 by_time=bool(f["user"] or f["key"]))  # fmt: skip
     # the totals read every matching record: for a filter, not for all users' last 30 days
-    totals = await q.usage_search_totals(st.pg, where, args) if narrow else None
+    totals = await search.usage_search_totals(st.pg, where, args) if narrow else None
     if request_id and len(rows) == 1:  # a request id from a support ticket: straight to it
         raise web.HTTPSeeOther(f"/admin/requests/{request_id}")
     return render(request, "admin_usage.html", {
@@ -107,13 +107,13 @@ async def _detail(request: web.Request, *, own: bool) -> web.StreamResponse:
     if not _REQUEST_ID.fullmatch(request_id):
         raise web.HTTPNotFound()
     st = state(request)
-    record = await q.request_detail(st.pg, request_id)
+    record = await search.request_detail(st.pg, request_id)
     if record is None or (own and record["user_id"] != current_user(request).id):
         raise web.HTTPNotFound()
     return render(request, "request_detail.html", {
         "title": f"Request {request_id}", "r": record, "own": own,
         "pricing": _pricing(request, record),
-        "charge": await q.ledger_charge(st.pg, request_id),
+        "charge": await search.ledger_charge(st.pg, request_id),
     })  # fmt: skip
 
 
