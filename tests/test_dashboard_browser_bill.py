@@ -110,6 +110,16 @@ async def test_user_sees_spend_by_model_and_key_own_detail_and_prices(
         assert "1.5" in (await page.text_content("#rate") or "")
         await shoot(page, "prices")
 
+        await page.goto(dashboard_url + "/billing")  # the user's own top-ups and ledger
+        assert await page.locator("table.billing tr[data-kind=topup]").count() == 1
+        opening = await _usd(page.locator("#opening .money"))
+        amounts = await page.locator("table.billing td.amount .money").evaluate_all(
+            "spans => spans.map(s => s.dataset.usd)"
+        )
+        balance = await pg.fetchval("SELECT balance_usd FROM users WHERE id = $1", user.id)
+        assert opening + sum(Decimal(a) for a in amounts) == balance
+        assert await _usd(page.locator("#balance .money")) == balance
+
         entry = await pg.fetchrow(
             "SELECT actor, action FROM audit_log WHERE subject = $1", f"key:{alpha}"
         )
@@ -190,6 +200,9 @@ async def test_operator_ledger_adds_up_and_disabling_needs_a_confirmation(
         _, secret = await _key(pg, user.id, "rates")
         await _chat(openai_client(proxy_url, secret))
         await page.goto(dashboard_url + "/admin/system")
+        await page.click("button:has-text('Run reconcile')")  # as `meterway reconcile`
+        await page.wait_for_selector("#reconcile-result")
+        assert "Reconcile:" in (await page.text_content("#reconcile-result") or "")
         rates = page.locator("#error-rates")
         assert "Requests since the proxies started" in (await rates.text_content() or "")
         assert "Unreachable" not in (await rates.text_content() or "")
