@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # where people reach the dashboard and the proxy (links between /docs and the dashboard);
     # unset: the host of the request, on the other's port (shared/public_urls.py)
     dashboard_url: str | None = None
+    # the proxies' /metrics the dashboard's System page reads error rates from (comma-separated)
+    proxy_metrics_urls: str | None = None
     public_proxy_url: str | None = None
     upstream_openai_base_url: str = "https://api.openai.com/v1"
     upstream_anthropic_base_url: str = "https://api.anthropic.com/v1"

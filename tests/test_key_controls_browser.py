@@ -23,7 +23,7 @@ async def test_limits_link_opens_the_keys_form_in_a_browser(pg, dashboard_url, p
         await sign_in(page, dashboard_url, user.email, user.password)
         await page.goto(dashboard_url + "/keys")
         await page.fill("input[name=name]", "browser key")
-        await page.click("button:has-text('Create key')")
+        await page.click("button:has-text('Create new key')")
         key_id = await pg.fetchval("SELECT id FROM api_keys WHERE user_id = $1", user.id)
         await page.click(f'tr[data-key-id="{key_id}"] a:has-text("Limits")')
         form = page.locator(f"#controls-{key_id}")
@@ -34,7 +34,7 @@ async def test_limits_link_opens_the_keys_form_in_a_browser(pg, dashboard_url, p
         await form.locator("button:has-text('Save limits')").click()
         await page.wait_for_selector("text=saved.")
         row = page.locator(f'tr[data-key-id="{key_id}"]')
-        assert (await row.locator("td.budget").text_content() or "").strip() == "$1.5 / day"
+        assert (await row.locator("td.budget").text_content() or "").strip() == "$1.50 / day"
         assert (await row.locator("td.models").text_content() or "").strip() == "gpt-4o-mini"
     key = await pg.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id)
     assert key["budget_usd"] == Decimal("1.5") and key["models"] == ["gpt-4o-mini"]

@@ -85,7 +85,7 @@ async def test_user_creates_a_key_with_limits_sees_and_clears_them(pg, redis, br
     await pg.execute("UPDATE usage_records SET api_key_id = $1 WHERE user_id = $2",
                      row["id"], user.id)  # fmt: skip
     _, page, _ = await browser.get("/keys")
-    assert "$2.5 / week" in page and "gpt-4o, gpt-4o-mini" in page
+    assert "$2.50</span> / week" in page and "gpt-4o, gpt-4o-mini" in page
     assert "2031-01-02 03:04:05" in page
     assert "$0.0375" in page and "this week" in page  # spend this period
     assert f"/keys/{row['id']}/controls" in page
@@ -176,7 +176,7 @@ async def test_operator_sets_and_clears_any_users_key_limits(pg, redis, browser:
     assert (key["budget_usd"], key["budget_period"], key["models"], key["rpm_limit"],
             key["tpm_limit"]) == (10, "total", ["gpt-4o"], 30, None)  # fmt: skip
     _, page, _ = await browser.get(f"/admin/users/{user.id}")
-    assert "$10 / total" in page and "in total" in page and "30 / -" in page
+    assert "$10.00</span> / total" in page and "in total" in page and "30 / -" in page
     assert secret not in page
 
     pubsub = await _listen(redis)
