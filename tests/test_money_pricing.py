@@ -185,7 +185,7 @@ def shipped() -> Catalog:
 def test_shipped_catalog_loads(shipped):
     assert shipped.currency == "USD"
     assert len(shipped.models) > 10
-    assert {m.provider for m in shipped.models.values()} == {"openai", "anthropic"}
+    assert {m.provider for m in shipped.models.values()} == {"openai", "anthropic", "gemini"}
     for name, model in shipped.models.items():
         assert model.provider in PROVIDERS, name
         for field in ("input_per_mtok", "output_per_mtok", "multiplier"):
@@ -235,7 +235,9 @@ def test_catalog_lookups(shipped):
     anthropic = shipped.for_provider("anthropic")
     assert "gpt-4o" in openai and "gpt-4o" not in anthropic
     assert "claude-sonnet-4-5" in anthropic and "claude-sonnet-4-5" not in openai
-    assert len(openai) + len(anthropic) == len(shipped.models)
+    gemini = shipped.for_provider("gemini")
+    assert "gemini-2.5-flash" in gemini
+    assert len(openai) + len(anthropic) + len(gemini) == len(shipped.models)
     assert shipped.for_provider("google") == {}
 
 
@@ -310,7 +312,8 @@ def test_model_price_float_input_goes_through_repr():
             }
         },
         {"m": {"provider": "openai", "input_per_mtok": 1, "output_per_mtok": 1, "multiplier": -1}},
-        {"m": {"provider": "google", "input_per_mtok": 1, "output_per_mtok": 1}},
+        # any provider's name (section 5), but a name: 2-32 of a-z 0-9 -
+        {"m": {"provider": "Google AI", "input_per_mtok": 1, "output_per_mtok": 1}},
         {"m": {"input_per_mtok": 1, "output_per_mtok": 1}},
         {"m": {"provider": "openai", "input_per_mtok": 1}},
         {"m": {"provider": "openai", "input_per_mtok": "abc", "output_per_mtok": 1}},
@@ -328,7 +331,7 @@ def test_model_price_float_input_goes_through_repr():
         "negative-output",
         "negative-cache-write-1h",
         "negative-multiplier",
-        "unknown-provider",
+        "not-a-provider-name",
         "no-provider",
         "no-output-price",
         "text-price",
@@ -537,7 +540,7 @@ def test_usage_event_json_round_trip():
     assert back.created_at.tzinfo is not None
     assert "cost" not in json.loads(event.to_json())
     with pytest.raises(ValueError):
-        UsageEvent.from_json(event.to_json().replace('"anthropic"', '"google"'))
+        UsageEvent.from_json(event.to_json().replace('"anthropic"', '"Google AI"'))
 
 
 # ---------------------------------------------------------------- keys
