@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from proxy import tracing
 from proxy.auth import KEY_PLACES, presented_key
 from proxy.body import read_json
 from proxy.errors import ProxyError
@@ -114,6 +115,7 @@ def billed_usage(result: RelayResult, bound: RequestBound, raw: bytes) -> tuple[
     ), True
 
 
+@tracing.admitted
 async def admit(
     gw: Gateway, request: web.Request, call: Call
 ) -> tuple[KeyOwner, dict, bytes, str, ModelPrice]:
@@ -133,6 +135,7 @@ def billing_store_unavailable(exc: RedisError) -> ProxyError:
     return ProxyError(503, "Billing store unavailable, retry shortly", retry_after=1)
 
 
+@tracing.request
 async def serve_metered(
     gw: Gateway, request: web.Request, call: Call, request_id: str
 ) -> web.StreamResponse:
@@ -155,7 +158,8 @@ async def serve_metered(
     limit = rate_limit_of(owner)
     budget = budget_of(owner)
     try:
-        held = await gw.holds.place(owner.user_id, request_id, hold_units, limit, budget)
+        with tracing.span("hold"):
+            held = await gw.holds.place(owner.user_id, request_id, hold_units, limit, budget)
     except RedisError as exc:
         raise billing_store_unavailable(exc) from exc
     if held.rate_limited:
@@ -246,6 +250,7 @@ async def release_quietly(gw: Gateway, user_id: int, request_id: str) -> None:
         log.warning("hold_release_failed", error=str(exc))
 
 
+@tracing.enqueue
 async def deliver(
     gw: Gateway, event: EncodedUsageEvent, enqueue: Callable[[], Awaitable[None]]
 ) -> None:

@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from proxy import tracing
 from proxy.errors import ProxyError
 from proxy.forwarded_headers import upstream_headers
 from proxy.key_health import Probe, Verdict, classify, rules_for
@@ -189,6 +190,7 @@ class Relay:
             key = following
             tried.add(key.id)
 
+    @tracing.upstream
     async def _post(self, key: UpstreamKey) -> UpstreamResponse:
         """One upstream attempt, timed to its answer's headers or its failure."""
         started = perf_counter()
