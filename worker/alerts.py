@@ -136,6 +136,9 @@ async def check_after_batch(
 ) -> None:
     """Count the batch's charges and check every rule they may have crossed."""
     user_spend, provider_spend = await record_daily(redis, charges)
+    # providers first: an auto-pause must not wait behind users' alert mails
+    for provider, spend_today in provider_spend.items():
+        await check_provider(pg, redis, settings, provider, spend_today)
     for user_id, spend_today in user_spend.items():
         payer = payers[user_id]
         if payer.daily_alert_usd is not None and spend_today >= payer.daily_alert_usd:
@@ -150,8 +153,6 @@ async def check_after_batch(
                 low_balance_text(payer.balance_usd, payer.low_balance_usd),
                 [payer.email],
             )  # fmt: skip
-    for provider, spend_today in provider_spend.items():
-        await check_provider(pg, redis, settings, provider, spend_today)
 
 
 async def record_daily(
