@@ -9,40 +9,26 @@ import functools
 from aiohttp import web
 
 from proxy.keypool import UpstreamKey
-from shared.provider_config import ProviderSpec
+from shared.provider_config import HOP_BY_HOP_HEADERS, ProviderSpec
 
 # Client headers never sent upstream (auth, hop-by-hop, recomputed ones). The
 # headers that the client's `Connection` names are hop-by-hop too (RFC 9110 7.6.1).
-_DROP_REQUEST_HEADERS = frozenset(
-    {
-        "host",
-        "authorization",
-        "x-api-key",
-        "x-goog-api-key",
-        "content-length",
-        # hop-by-hop
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-        # the body goes upstream as it was read; never claim an encoding for it
-        "content-encoding",
-        "cookie",
-        "expect",  # the body is sent whole at once; a 100 Continue would be noise
-        "accept-encoding",
-        "content-type",
-        # these scope a request to an OpenAI account: the provider key's, not the client's
-        "openai-organization",
-        "openai-project",
-    }
-)
+_DROP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {
+    "host",
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "content-length",
+    # the body goes upstream as it was read; never claim an encoding for it
+    "content-encoding",
+    "cookie",
+    "expect",  # the body is sent whole at once; a 100 Continue would be noise
+    "accept-encoding",
+    "content-type",
+    # these scope a request to an OpenAI account: the provider key's, not the client's
+    "openai-organization",
+    "openai-project",
+}
 
 
 def upstream_headers(

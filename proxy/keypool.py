@@ -84,10 +84,6 @@ class KeyPool:
         spec = self._specs.get(provider)
         return spec.kind if spec is not None else "openai"
 
-    @property
-    def specs(self) -> list[ProviderSpec]:
-        return list(self._specs.values())
-
     def is_paused(self, provider: str) -> bool:
         return self._paused.get(provider, False)
 

@@ -118,7 +118,3 @@ def listing(spec: ProviderSpec, tail: str) -> Listing | None:
             return None
         return Listing(match["model"], one=match["model"] is not None)
     return Listing() if tail in _LISTS[spec.kind] else None
-
-
-def endpoint_label(call: Call) -> str:
-    return call.adapter.endpoint

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # `meterway provider add`; a model of a provider not registered is not served.
 Provider = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")]
 log = structlog.get_logger("meterway.catalog")
-PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini")  # the built-ins
 
 
 def _exact_number(value: object) -> object:

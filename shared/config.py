@@ -103,15 +103,6 @@ class Settings(BaseSettings):
     def operator_emails(self) -> list[str]:
         return [a.strip() for a in self.alert_operator_emails.split(",") if a.strip()]
 
-    def upstream_base_url(self, provider: str) -> str:
-        """A built-in provider's base URL (added ones: `shared.provider_config`)."""
-        urls = {
-            "openai": self.upstream_openai_base_url,
-            "anthropic": self.upstream_anthropic_base_url,
-            "gemini": self.upstream_gemini_base_url,
-        }
-        return urls[provider].rstrip("/")
-
     def require_secret_key(self) -> str:
         if not self.meterway_secret_key:
             raise RuntimeError("METERWAY_SECRET_KEY is not set (at least 32 characters)")

@@ -34,8 +34,8 @@ DEFAULT_AUTH_HEADER: dict[str, str] = {
 RESERVED_NAMES = frozenset({"account"})
 _NAME = re.compile(r"[a-z][a-z0-9-]{1,31}")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")  # an HTTP header name
-# never fixed by configuration: hop-by-hop, or what the proxy itself decides
-FORBIDDEN_HEADERS = frozenset(
+# hop-by-hop headers (RFC 9110 7.6.1): never forwarded, never configured
+HOP_BY_HOP_HEADERS = frozenset(
     {
         "connection",
         "keep-alive",
@@ -48,11 +48,10 @@ FORBIDDEN_HEADERS = frozenset(
         "transfer-encoding",
         "upgrade",
         "http2-settings",
-        "host",
-        "content-length",
-        "content-encoding",
     }
 )
+# never fixed by configuration: hop-by-hop, or what the proxy itself decides
+FORBIDDEN_HEADERS = HOP_BY_HOP_HEADERS | {"host", "content-length", "content-encoding"}
 _MAX_HEADERS = 20
 _MAX_HEADER_VALUE = 2048
 

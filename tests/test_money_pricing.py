@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.catalog import PROVIDERS, Catalog, ModelPrice, load_catalog
+from shared.catalog import Catalog, ModelPrice, load_catalog
 from shared.events import TokenUsage, UsageEvent
 from shared.keys import (
     PROXY_KEY_PREFIX,
@@ -28,6 +28,7 @@ from shared.money import (
     usd_str,
 )
 from shared.pricing import cost_usd, hold_usd
+from shared.provider_config import BUILTINS as PROVIDERS
 
 SHIPPED_CATALOG = Path(__file__).resolve().parents[1] / "model_catalog.json"
 

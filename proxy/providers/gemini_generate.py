@@ -23,8 +23,8 @@ from proxy.providers.bounds import (
     text_bound,
     walk,
 )
+from proxy.providers.free_forward import FreeForward
 from proxy.providers.image_size import image_size
-from proxy.providers.openai_embeddings import NoStream
 from proxy.providers.sse import StreamScanner, event_json
 from shared.catalog import ModelPrice
 from shared.events import TokenUsage
@@ -271,28 +271,9 @@ class GeminiGenerate:
         return b"data: " + payload + b"\r\n\r\n"
 
 
-class GeminiCountTokens:
+class GeminiCountTokens(FreeForward):
     """`:countTokens`, forwarded free: the body as given, never billed."""
 
     kind = "gemini"
     endpoint = "countTokens"
     model_in_path = True
-    billed = False
-
-    def output_cap(self, request: dict) -> int | None:
-        return 0
-
-    def bound(self, request: dict, raw: bytes, price: ModelPrice) -> RequestBound:
-        return RequestBound(0, 0)
-
-    def prepare(self, request: dict, raw: bytes) -> PreparedBody:
-        return PreparedBody(raw, stream=False)
-
-    def usage_from_body(self, body: dict) -> TokenUsage | None:
-        return None
-
-    def response_id(self, body: dict) -> str | None:
-        return None
-
-    def scanner(self, prepared: PreparedBody) -> StreamScanner:
-        return NoStream()
