@@ -19,17 +19,15 @@ import time
 from collections.abc import Callable
 
 import hiredis
+from hiredis import pack_command
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 
 def _pack(*parts: bytes | str) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part if isinstance(part, bytes) else part.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    """One command in Redis's wire format (RESP), packed by hiredis in C."""
+    return pack_command(parts)
 
 
 class LuaScript:
