@@ -151,15 +151,15 @@ class InFlight:
 
     def inc(self) -> None:
         values = self.family.values
-        value = values[()] = values[()] + 1
+        values[()] += 1
         if self.shared is not None:
-            self.shared.write(self.family, (), 0, value)
+            self.shared.write(self.family, (), 0, values[()])
 
     def dec(self) -> None:
         values = self.family.values
-        value = values[()] = values[()] - 1
+        values[()] -= 1
         if self.shared is not None:
-            self.shared.write(self.family, (), 0, value)
+            self.shared.write(self.family, (), 0, values[()])
 
 
 class Metrics:
@@ -221,6 +221,10 @@ class Metrics:
             "Tokens of billed requests, by provider, model and kind.",
             ("provider", "model", "kind"),
         )
+        # per (provider, endpoint): its duration and TTFB rows; per (provider,
+        # model): its four token series' keys
+        self._request_rows: dict[tuple, tuple[list, list]] = {}
+        self._token_keys: dict[tuple, tuple] = {}
         self.families = [
             *self._counters.values(),
             self.requests,
@@ -236,7 +240,7 @@ class Metrics:
                     self.shared.write(family, (), 0, 0)
         self.registry.register(self)
 
-    # the hot path: a dict update or two per observation, and no lock
+    # the hot path: a dict update or two per observation, inline, and no lock
 
     def _count(self, family: Family, key: tuple, amount: int) -> None:
         values = family.values
@@ -244,39 +248,69 @@ class Metrics:
         if self.shared is not None:
             self.shared.write(family, key, 0, value)
 
-    def _observe(self, family: Family, key: tuple, seconds: float) -> None:
+    def _row(self, family: Family, key: tuple) -> list:
         row = family.values.get(key)
         if row is None:
             row = family.values[key] = [0] * (len(family.bounds) + 2)
-        i = bisect_left(family.bounds, seconds)  # the first bucket with seconds <= le
-        row[i] += 1
-        row[-1] += seconds
-        if self.shared is not None:
-            self.shared.write(family, key, i, row[i])
-            self.shared.write(family, key, -1, row[-1])
+        return row
+
+    def _share_observed(self, family: Family, key: tuple, row: list, i: int) -> None:
+        self.shared.write(family, key, i, row[i])  # type: ignore[union-attr]
+        self.shared.write(family, key, -1, row[-1])  # type: ignore[union-attr]
 
     def request_done(
         self, provider: str, endpoint: str, status: int, duration: float, ttfb: float
     ) -> None:
-        self._count(self.requests, (provider, endpoint, status), 1)
         pair = (provider, endpoint)
-        self._observe(self.duration, pair, duration)
-        self._observe(self.ttfb, pair, ttfb)
+        rows = self._request_rows.get(pair)
+        if rows is None:
+            rows = self._request_rows[pair] = (
+                self._row(self.duration, pair),
+                self._row(self.ttfb, pair),
+            )
+        counts = self.requests.values
+        key = (provider, endpoint, status)
+        counts[key] = counts.get(key, 0) + 1
+        durations, ttfbs = rows
+        i = bisect_left(DURATION_BUCKETS, duration)  # the first bucket with seconds <= le
+        durations[i] += 1
+        durations[-1] += duration
+        j = bisect_left(TTFB_BUCKETS, ttfb)
+        ttfbs[j] += 1
+        ttfbs[-1] += ttfb
+        if self.shared is not None:
+            self.shared.write(self.requests, key, 0, counts[key])
+            self._share_observed(self.duration, pair, durations, i)
+            self._share_observed(self.ttfb, pair, ttfbs, j)
 
     def upstream_attempt(self, provider: str, endpoint: str, seconds: float) -> None:
-        self._observe(self.upstream, (provider, endpoint), seconds)
+        pair = (provider, endpoint)
+        row = self._row(self.upstream, pair)
+        i = bisect_left(DURATION_BUCKETS, seconds)
+        row[i] += 1
+        row[-1] += seconds
+        if self.shared is not None:
+            self._share_observed(self.upstream, pair, row, i)
 
     def count_tokens(self, provider: str, model: str, usage) -> None:
         """A billed request's tokens (a `shared.events.TokenUsage`)."""
-        tokens = self.tokens
-        if usage.input_tokens:
-            self._count(tokens, (provider, model, "input"), usage.input_tokens)
-        if usage.cache_read_tokens:
-            self._count(tokens, (provider, model, "cache_read"), usage.cache_read_tokens)
-        if usage.cache_write_tokens:
-            self._count(tokens, (provider, model, "cache_write"), usage.cache_write_tokens)
-        if usage.output_tokens:
-            self._count(tokens, (provider, model, "output"), usage.output_tokens)
+        keys = self._token_keys.get((provider, model))
+        if keys is None:
+            keys = self._token_keys[(provider, model)] = tuple(
+                (provider, model, kind) for kind in ("input", "cache_read", "cache_write", "output")
+            )
+        amounts = (
+            usage.input_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.output_tokens,
+        )
+        values = self.tokens.values
+        for key, amount in zip(keys, amounts, strict=True):
+            if amount:
+                value = values[key] = values.get(key, 0) + amount
+                if self.shared is not None:
+                    self.shared.write(self.tokens, key, 0, value)
 
     # the counters kept from before, by their rendered names
 

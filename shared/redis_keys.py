@@ -16,6 +16,8 @@ The tags and the shard of a user are part of the stored layout: never change the
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 PREFIX = "mw"
 INVALIDATE_CHANNEL = f"{PREFIX}:invalidate"
 USAGE_SHARD_TAGS = (
@@ -51,20 +53,29 @@ def user_usage_stream(user_id: int) -> str:
     return USAGE_STREAMS[user_id % USAGE_SHARDS]
 
 
+# A user's key names are built once per process (per user, for the most recent
+# users): the hold and the enqueue of every request take five of them.
+_per_user = lru_cache(maxsize=16_384)
+
+
+@_per_user
 def _user(user_id: int) -> str:
     return f"{PREFIX}:{{{USAGE_SHARD_TAGS[user_id % USAGE_SHARDS]}}}:u:{user_id}"
 
 
+@_per_user
 def balance(user_id: int) -> str:
     """Hash: `units` (settled balance in nano-USD), `ver` (Postgres version), `held`."""
     return f"{_user(user_id)}:bal"
 
 
+@_per_user
 def holds(user_id: int) -> str:
     """Hash: request id -> held units."""
     return f"{_user(user_id)}:holds"
 
 
+@_per_user
 def hold_expiry(user_id: int) -> str:
     """Sorted set: request id -> expiry time in epoch milliseconds."""
     return f"{_user(user_id)}:holdexp"
@@ -81,15 +92,17 @@ def response_tokens(user_id: int, response_id: str) -> str:
     return f"{_user(user_id)}:resp:{response_id}"
 
 
+@_per_user
 def hold_keys(user_id: int) -> str:
     """Hash: request id -> `<api key id>:<period id>`, for requests of API keys
     with a budget (whoever releases the request moves the key's counters)."""
     return f"{_user(user_id)}:holdkey"
 
 
-def user_keys(user_id: int) -> list[str]:
+@_per_user
+def user_keys(user_id: int) -> tuple[str, ...]:
     """The keys every balance script takes, in this order."""
-    return [balance(user_id), holds(user_id), hold_expiry(user_id), hold_keys(user_id)]
+    return (balance(user_id), holds(user_id), hold_expiry(user_id), hold_keys(user_id))
 
 
 COOLING_PATTERN = f"{PREFIX}:cooling:*"

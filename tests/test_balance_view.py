@@ -49,12 +49,13 @@ async def expiries(client: Redis, user_id: int = USER) -> list[bytes]:
 
 def test_user_keys_share_one_cluster_slot():
     keys = redis_keys.user_keys(USER)
-    assert keys == [
+    assert keys == (
         redis_keys.balance(USER),
         redis_keys.holds(USER),
         redis_keys.hold_expiry(USER),
         redis_keys.hold_keys(USER),
-    ]
+    )
+    assert redis_keys.user_keys(USER) is keys  # built once per user, then cached
     assert len(set(keys)) == 4
     for key in keys:  # the user's shard's hash tag: one slot with its usage stream
         assert key.startswith(f"mw:{{{redis_keys.USAGE_SHARD_TAGS[42 % 16]}}}:u:42:")
