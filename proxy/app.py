@@ -15,7 +15,7 @@ from proxy import docs
 from proxy.account import account, account_usage
 from proxy.account_key import account_key
 from proxy.auth import KeyCache
-from proxy.dispatch import provider_path
+from proxy.dispatch import fixed_path, provider_path
 from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
@@ -24,6 +24,7 @@ from proxy.middleware import refused_request, request_context
 from proxy.models import not_found
 from proxy.readiness import READINESS, Readiness, readyz
 from proxy.redeem import redeem
+from proxy.routes import exact_paths
 from proxy.state import GATEWAY, SETTINGS, Gateway
 from proxy.upstream import UpstreamClient
 from shared import redis_client
@@ -33,6 +34,7 @@ from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.http_server import ClientLimits, Drain, GuardedAppRunner, serve
 from shared.keys import SecretBox
+from shared.provider_config import BUILTINS
 from shared.usage_queue import UsageQueue
 
 log = structlog.get_logger("meterway.proxy")
@@ -54,7 +56,11 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/v1/account/key", account_key)
     r.add_post("/v1/account/redeem", redeem)
     r.add_route("*", "/v1/account/{tail:.*}", not_found)
-    # every provider, built in or added, by name (contract section 5)
+    # every provider, built in or added, by name (contract section 5); the
+    # built-in providers' metered paths also as exact paths (found in one lookup)
+    for name in BUILTINS:  # a built-in provider's kind is its name
+        for tail in exact_paths(name):
+            r.add_route("*", f"/v1/{name}/{tail}", fixed_path(name, tail))
     r.add_route("*", "/v1/{provider}/{tail:.*}", provider_path)
     r.add_route("*", "/v1/{tail:.*}", not_found)
     r.add_get("/healthz", healthz)

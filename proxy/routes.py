@@ -64,11 +64,24 @@ def resolve(spec: ProviderSpec, tail: str, query: MultiMapping[str]) -> Call | N
     """The call a POST to `/v1/{spec.name}/{tail}` makes, or None (404)."""
     if spec.kind == "gemini":
         return _gemini_call(spec, tail, query)
+    return _fixed_call(spec, tail)
+
+
+@lru_cache(maxsize=1024)
+def _fixed_call(spec: ProviderSpec, tail: str) -> Call | None:
+    """Kinds openai and anthropic: the call depends on the path alone (one per
+    provider configuration and path, made once)."""
     found = _POSTS[spec.kind].get(tail)
     if found is None:
         return None
     adapter, path = found
     return Call(spec, adapter, target(spec.base_url, path))
+
+
+def exact_paths(kind: str) -> list[str]:
+    """The metered paths under `/v1/{NAME}/` of a provider of kind openai or
+    anthropic (a path pattern for gemini: none)."""
+    return list(_POSTS.get(kind, ()))
 
 
 def _gemini_call(spec: ProviderSpec, tail: str, query: MultiMapping[str]) -> Call | None:

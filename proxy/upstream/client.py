@@ -58,27 +58,35 @@ def _check_header(name: str, value: str) -> None:
         raise ValueError(f"header {name!r} would break the request")
 
 
+def header_fields(headers: list[tuple[str, str]]) -> str:
+    """`Name: value\r\n` per header, checked once over the block: its only line
+    breaks are the separators, and no name holds a colon."""
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    n = len(headers)
+    if (
+        fields.count("\n") != n
+        or fields.count("\r") != n
+        or ":" in "".join([h[0] for h in headers])
+    ):
+        for name, value in headers:
+            _check_header(name, value)  # raises, naming the header
+    return fields
+
+
 def request_bytes(target: Target, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    lines = [
-        f"POST {target.path} HTTP/1.1",
-        f"Host: {target.host_header}",
-        f"Content-Length: {len(body)}",
-    ]
-    for name, value in headers:
-        _check_header(name, value)
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+    head = (
+        f"POST {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
+        f"Content-Length: {len(body)}\r\n{header_fields(headers)}\r\n"
+    )
+    return head.encode("utf-8", "surrogateescape") + body
 
 
 def get_request_bytes(target: Target, headers: list[tuple[str, str]]) -> bytes:
     """A bodiless GET (the provider-key probe; never on the hot path)."""
-    lines = [f"GET {target.path} HTTP/1.1", f"Host: {target.host_header}"]
-    for name, value in headers:
-        _check_header(name, value)
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    head = (
+        f"GET {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n{header_fields(headers)}\r\n"
+    )
+    return head.encode("utf-8", "surrogateescape")
 
 
 class UpstreamClient:
