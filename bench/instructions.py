@@ -9,7 +9,9 @@ instructions a process executes instead: the same code, inputs and environment
 give the same count whatever else the machine does. Each proxy runs under
 callgrind with instrumentation off while it starts; after a warm-up it is
 switched on for exactly N requests (non-streaming, then 20-chunk streams),
-switched off, and the count read. Both sides get the same requests, one at a
+switched off, and the count read; then the count of as long a time idle (the
+periodic refreshes, which a process slowed down by callgrind runs more often
+per request) is taken off. Both sides get the same requests, one at a
 time in a few parallel clients, against one simulator, database and Redis db 11
 (flushed). It is slow (callgrind runs Python about 50x slower), so N is small;
 the count per request is still exact to well under 1 %.
@@ -85,42 +87,46 @@ async def start_proxy(processes: Processes, name: str, env: dict[str, str], out:
     return child, url
 
 
-async def count(session, child, out: Path, target: Target, body, stream, args) -> float:
-    """Instructions per request for `args.requests` requests of one kind."""
-    await load.closed_loop(
-        session,
-        target,
-        body,
-        stream,
-        Tally(),
-        concurrency=args.concurrency,
-        duration=3600,
-        max_requests=args.warmup,
-    )
-    for old in out.glob(f"callgrind.out.{child.pid}*"):  # noqa: ASYNC240 (nothing else runs)
+def _measure_on(out: Path, pid: int) -> None:
+    for old in out.glob(f"callgrind.out.{pid}*"):
         old.unlink()
-    _control(child.pid, "--zero")
-    _control(child.pid, "--instr=on")
+    _control(pid, "--zero")
+    _control(pid, "--instr=on")
+
+
+async def _measure_off(out: Path, pid: int, name: str) -> int:
+    _control(pid, "--instr=off")
+    _control(pid, "--dump")
+    for _ in range(100):
+        instructions = _instructions(out, pid)
+        if instructions:
+            return instructions
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{name}: no callgrind dump in {out}")
+
+
+async def count(session, child, out: Path, target: Target, body, stream, args) -> float:
+    """Instructions per request for `args.requests` requests of one kind, less
+    what the process does idle (its periodic refreshes) in as long a time."""
+    loop = asyncio.get_running_loop()
+    await load.closed_loop(
+        session, target, body, stream, Tally(), concurrency=args.concurrency, duration=3600,
+        max_requests=args.warmup,
+    )  # fmt: skip
+    _measure_on(out, child.pid)
+    started = loop.time()
     run = await load.closed_loop(
-        session,
-        target,
-        body,
-        stream,
-        Tally(),
-        concurrency=args.concurrency,
-        duration=3600,
+        session, target, body, stream, Tally(), concurrency=args.concurrency, duration=3600,
         max_requests=args.requests,
-    )
-    _control(child.pid, "--instr=off")
-    _control(child.pid, "--dump")
+    )  # fmt: skip
+    took = loop.time() - started
+    busy = await _measure_off(out, child.pid, target.name)
     if run.errors:
         raise RuntimeError(f"{target.name}: {run.errors} errors: {run.error_samples}")
-    for _ in range(100):
-        instructions = _instructions(out, child.pid)
-        if instructions:
-            return instructions / run.requests
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"{target.name}: no callgrind dump in {out}")
+    _measure_on(out, child.pid)
+    await asyncio.sleep(took)
+    idle = await _measure_off(out, child.pid, target.name)
+    return (busy - idle) / run.requests
 
 
 async def compare(args: argparse.Namespace, old_root: Path, workdir: Path) -> dict:

@@ -39,10 +39,11 @@ async def dispatch(request: web.Request, provider: str, tail: str) -> web.Stream
     spec = gw.pool.spec(provider)
     if spec is None:
         return await not_found(request)
-    if "%2f" in request.raw_path.split("?", 1)[0].lower():  # an encoded slash: no separator
-        return await not_found(request)
+    raw_path = request.raw_path
+    if "%" in raw_path and "%2f" in raw_path.split("?", 1)[0].lower():  # an encoded slash
+        return await not_found(request)  # is no separator
     if request.method == "POST":
-        call = resolve(spec, tail, request.query)
+        call = resolve(spec, tail, request)
         if call is not None:
             request[ROUTE_LABELS] = (spec.name, call.adapter.endpoint)
             serve = serve_metered if is_billed(call.adapter) else serve_free

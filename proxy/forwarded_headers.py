@@ -7,8 +7,10 @@ from __future__ import annotations
 import functools
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from proxy.keypool import UpstreamKey
+from proxy.upstream.client import header_fields
 from shared.provider_config import HOP_BY_HOP_HEADERS, ProviderSpec
 
 # Client headers never sent upstream (auth, hop-by-hop, recomputed ones). The
@@ -37,13 +39,7 @@ def upstream_headers(
     """The client's headers minus what never goes upstream, then the provider's
     fixed headers (which replace the client's of that name) and the key's auth."""
     received = request.headers
-    drop = _DROP_REQUEST_HEADERS
-    replaced = spec.replaced if spec is not None else frozenset()
-    connection = received.getall("connection", None)
-    if connection:  # SDKs send `Connection: keep-alive`: one cached lookup
-        drop = _drop_with(connection[0] if len(connection) == 1 else ",".join(connection), replaced)
-    elif replaced:
-        drop = _drop_with("", replaced)
+    drop = _dropped(received, spec)
     headers = [(name, value) for name, value in received.items() if name.lower() not in drop]
     if spec is not None and spec.kind == "gemini":  # field masks, method overrides, projects
         headers = [(n, v) for n, v in headers if not _shapes_google_answer(n.lower())]
@@ -52,6 +48,41 @@ def upstream_headers(
         headers.extend(spec.headers)
     headers.append(key.auth)
     return headers
+
+
+def upstream_header_block(request: web.Request, key: UpstreamKey, spec: ProviderSpec) -> str:
+    """`upstream_headers` as the request's header lines (`Name: value\r\n` each),
+    made in one pass: the hot path. Checked as one block: its only line breaks
+    end its lines (aiohttp's parser lets no colon into a client's header name;
+    configured names are checked when they are configured)."""
+    if spec.kind == "gemini":
+        return header_fields(upstream_headers(request, key, spec))
+    received = request.headers
+    drop = _dropped(received, spec)
+    lines = [f"{name}: {value}\r\n" for name, value in received.items() if name.lower() not in drop]
+    lines.append(_CONTENT_TYPE_LINE)
+    lines.extend(f"{name}: {value}\r\n" for name, value in spec.headers)
+    name, value = key.auth
+    lines.append(f"{name}: {value}\r\n")
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+        return header_fields(upstream_headers(request, key, spec))  # raises, naming it
+    return block
+
+
+_CONTENT_TYPE_LINE = "Content-Type: application/json\r\n"
+
+
+def _dropped(received: CIMultiDictProxy[str], spec: ProviderSpec | None) -> frozenset[str]:
+    """The names not to forward: the usual ones, those the client's `Connection`
+    names, and those the provider sets itself."""
+    replaced = spec.replaced if spec is not None else frozenset()
+    connection = received.getall("connection", None)
+    if connection:  # SDKs send `Connection: keep-alive`: one cached lookup
+        return _drop_with(connection[0] if len(connection) == 1 else ",".join(connection), replaced)
+    if replaced:
+        return _drop_with("", replaced)
+    return _DROP_REQUEST_HEADERS
 
 
 def _shapes_google_answer(name: str) -> bool:

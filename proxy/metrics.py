@@ -299,18 +299,20 @@ class Metrics:
             keys = self._token_keys[(provider, model)] = tuple(
                 (provider, model, kind) for kind in ("input", "cache_read", "cache_write", "output")
             )
-        amounts = (
-            usage.input_tokens,
-            usage.cache_read_tokens,
-            usage.cache_write_tokens,
-            usage.output_tokens,
-        )
         values = self.tokens.values
-        for key, amount in zip(keys, amounts, strict=True):
-            if amount:
-                value = values[key] = values.get(key, 0) + amount
-                if self.shared is not None:
-                    self.shared.write(self.tokens, key, 0, value)
+        whole, read, write, out = keys
+        if n := usage.input_tokens:
+            values[whole] = values.get(whole, 0) + n
+        if n := usage.cache_read_tokens:
+            values[read] = values.get(read, 0) + n
+        if n := usage.cache_write_tokens:
+            values[write] = values.get(write, 0) + n
+        if n := usage.output_tokens:
+            values[out] = values.get(out, 0) + n
+        if self.shared is not None:
+            for key in keys:
+                if key in values:
+                    self.shared.write(self.tokens, key, 0, values[key])
 
     # the counters kept from before, by their rendered names
 

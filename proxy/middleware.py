@@ -13,7 +13,7 @@ from proxy.dispatch import ROUTE_LABELS
 from proxy.errors import ProxyError, error_response
 from proxy.metrics import FIRST_BYTE, labels_of
 from proxy.readiness import READINESS
-from proxy.state import GATEWAY, REQUEST_ID
+from proxy.state import GATEWAY, REQUEST_ID, Gateway
 
 log = structlog.get_logger("meterway.proxy")
 
@@ -43,6 +43,11 @@ def refused_request(status: int, message: str, path: str | None) -> web.Response
     return error_response(kind, ProxyError(status, message), new_request_id())
 
 
+def error_kind(gw: Gateway, request: web.Request) -> str:
+    """The kind of the path's provider: whose error format the answer takes."""
+    return gw.pool.kind_of(provider_segment(request.path))
+
+
 @web.middleware
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
@@ -51,20 +56,20 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     gw = request.app[GATEWAY]
-    provider = gw.pool.kind_of(provider_segment(request.path))  # its error format
     metrics = gw.metrics
     started = perf_counter()
     metrics.in_flight.inc()
     try:
         response = await handler(request)
     except ProxyError as error:
-        response = error_response(provider, error, request_id)
+        response = error_response(error_kind(gw, request), error, request_id)
     except web.HTTPException as exc:  # aiohttp's own 404/405/413
         error = ProxyError(exc.status, exc.reason)
-        response = error_response(provider, error, request_id)
+        response = error_response(error_kind(gw, request), error, request_id)
     except Exception:
         log.exception("unhandled_error", path=request.path)
-        response = error_response(provider, ProxyError(500, "Internal proxy error"), request_id)
+        error = ProxyError(500, "Internal proxy error")
+        response = error_response(error_kind(gw, request), error, request_id)
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
         metrics.in_flight.dec()

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from proxy import tracing
 from proxy.errors import ProxyError
-from proxy.forwarded_headers import upstream_headers
+from proxy.forwarded_headers import upstream_header_block
 from proxy.key_health import Probe, Verdict, classify, rules_for
 from proxy.keypool import NoActiveKey, UpstreamKey
 from proxy.metrics import FIRST_BYTE
@@ -196,7 +196,7 @@ class Relay:
         started = perf_counter()
         try:
             return await self.gw.upstream.post(
-                self.target, upstream_headers(self.request, key, self.spec), self.prepared.body
+                self.target, upstream_header_block(self.request, key, self.spec), self.prepared.body
             )
         finally:
             self.gw.metrics.upstream_attempt(

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from aiohttp import web
 from multidict import MultiMapping
 
 from proxy.errors import ProxyError
@@ -60,10 +61,11 @@ def target(base_url: str, path: str) -> Target:
     return parse_target(f"{base_url}/{path}")
 
 
-def resolve(spec: ProviderSpec, tail: str, query: MultiMapping[str]) -> Call | None:
-    """The call a POST to `/v1/{spec.name}/{tail}` makes, or None (404)."""
+def resolve(spec: ProviderSpec, tail: str, request: web.Request) -> Call | None:
+    """The call a POST to `/v1/{spec.name}/{tail}` makes, or None (404). Only
+    kind gemini reads the query."""
     if spec.kind == "gemini":
-        return _gemini_call(spec, tail, query)
+        return _gemini_call(spec, tail, request.query)
     return _fixed_call(spec, tail)
 
 

@@ -23,9 +23,9 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
+from proxy.forwarded_headers import upstream_headers
 from proxy.key_health import KeyHealth, Probe, Verdict, classify, rules_for
 from proxy.keypool import UpstreamKey
-from proxy.relay import upstream_headers
 from proxy.upstream import ConnectFailed, parse_target
 from shared import invalidation, provider_state
 from shared.keys import SecretBox, visible_prefix

@@ -73,10 +73,13 @@ def header_fields(headers: list[tuple[str, str]]) -> str:
     return fields
 
 
-def request_bytes(target: Target, headers: list[tuple[str, str]], body: bytes) -> bytes:
+def request_bytes(target: Target, headers: list[tuple[str, str]] | str, body: bytes) -> bytes:
+    """`headers`: (name, value) pairs, or header lines already made and checked
+    (`proxy.forwarded_headers.upstream_header_block`)."""
+    fields = headers if type(headers) is str else header_fields(headers)
     head = (
         f"POST {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
-        f"Content-Length: {len(body)}\r\n{header_fields(headers)}\r\n"
+        f"Content-Length: {len(body)}\r\n{fields}\r\n"
     )
     return head.encode("utf-8", "surrogateescape") + body
 
@@ -114,7 +117,7 @@ class UpstreamClient:
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def post(
-        self, target: Target, headers: list[tuple[str, str]], body: bytes
+        self, target: Target, headers: list[tuple[str, str]] | str, body: bytes
     ) -> UpstreamResponse:
         """Send the request; return once the answer's status and headers are in.
         Raises ConnectFailed/ConnectTimeout, ReadTimeout or ConnectionBroken."""
