@@ -30,7 +30,7 @@ from proxy.key_controls import (
     rate_limit_of,
     seconds_to_next_minute,
 )
-from proxy.metrics import FIRST_BYTE
+from proxy.metrics import FIRST_BYTE, STARTED
 from proxy.providers.bounds import RequestBound
 from proxy.readiness import READINESS
 from proxy.relay import Relay, RelayResult
@@ -189,6 +189,7 @@ async def serve_metered(
         return result.response
 
     usage, estimated = billed_usage(result, bound, raw)
+    duration_ms, ttfb_ms = timing_ms(request)
     gw.metrics.count_tokens(provider, model, usage)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=provider)
@@ -207,6 +208,8 @@ async def serve_metered(
         rate_multiplier=owner.rate_multiplier,
         outcome=result.outcome,
         upstream_request_id=result.upstream_request_id,
+        duration_ms=duration_ms,
+        ttfb_ms=ttfb_ms,
     )
     pending_units = cost_units(usage, price, owner.rate_multiplier)
     window = limit.window_key if limit and limit.tpm else None
@@ -220,6 +223,16 @@ async def serve_metered(
         gw.finish_in_background(deliver(gw, event, enqueue))
         raise
     return result.response
+
+
+def timing_ms(request: web.Request) -> tuple[int, int]:
+    """Milliseconds from the request's arrival to now (its answer is complete:
+    a stream sent, a whole answer ready) and to the first body byte sent (a
+    whole answer's goes now, with the rest)."""
+    now = perf_counter()
+    started = request.get(STARTED, now)
+    first = request.get(FIRST_BYTE, now)
+    return round((now - started) * 1000), round((first - started) * 1000)
 
 
 def fits_send_buffer(response: web.StreamResponse) -> bool:

@@ -50,6 +50,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # when the first body byte went out: set when a response is prepared (a whole
 # answer's body follows at once), and again by the relay on a stream's first chunk
 FIRST_BYTE: web.RequestKey[float] = web.RequestKey("meterway_first_byte", float)
+# when a /v1 request arrived (perf_counter), set by the middleware
+STARTED: web.RequestKey[float] = web.RequestKey("meterway_started", float)
 
 _PROVIDERS = frozenset(p for p, _ in ADAPTERS)
 _ENDPOINTS = frozenset(e for _, e in ADAPTERS) | {"models"}

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.dispatch import ROUTE_LABELS
 from proxy.errors import ProxyError, error_response
-from proxy.metrics import FIRST_BYTE, labels_of
+from proxy.metrics import FIRST_BYTE, STARTED, labels_of
 from proxy.readiness import READINESS
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
 
@@ -57,7 +57,7 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(request_id=request_id)
     gw = request.app[GATEWAY]
     metrics = gw.metrics
-    started = perf_counter()
+    started = request[STARTED] = perf_counter()
     metrics.in_flight.inc()
     try:
         response = await handler(request)

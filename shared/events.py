@@ -61,6 +61,10 @@ class UsageEvent(BaseModel):
     rate_multiplier: Decimal | None = None
     outcome: str = "completed"
     upstream_request_id: str | None = None
+    # as the proxy measured it: arrival to the answer's end, and to its first body
+    # byte (a whole answer's body goes at once: the same); None from older proxies
+    duration_ms: int | None = Field(default=None, ge=0)
+    ttfb_ms: int | None = Field(default=None, ge=0)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

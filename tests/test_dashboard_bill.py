@@ -65,7 +65,8 @@ async def test_usage_search_and_request_detail(pg, browser: Browser, other_brows
     r2 = await add_usage(pg, alice.id, cost="0.30084", model="gpt-4o-mini", created_at=old)
     r3 = await add_usage(pg, bob.id, cost="0.01881375")
     await pg.execute("UPDATE usage_records SET api_key_id = $1, input_tokens = 1234567,"
-                     " upstream_request_id = 'chatcmpl-up-1' WHERE request_id = $2",
+                     " upstream_request_id = 'chatcmpl-up-1', stream = true,"
+                     " duration_ms = 1234, ttfb_ms = 56 WHERE request_id = $2",
                      key.id, r1)  # fmt: skip
     await browser.login(admin)
     _, text, _ = await browser.get(f"/admin/usage?user={alice.email}")
@@ -90,6 +91,9 @@ async def test_usage_search_and_request_detail(pg, browser: Browser, other_brows
     assert 'id="cost" data-usd="0.00000735">0.00000735 USD' in text
     assert "chatcmpl-up-1" in text and "ci-key" in text and alice.email in text
     assert "1,234,567" in text
+    assert '<dd id="duration">1,234 ms, first byte after 56 ms</dd>' in text
+    _, text, _ = await browser.get(f"/admin/requests/{r2}")
+    assert "not recorded" in text.split('id="duration"')[1].split("</dd>")[0]
     assert (await browser.get("/admin/requests/req_nope"))[0] == 404
     # a user sees their own request's detail, never another's
     await other_browser.login(bob)

@@ -32,6 +32,8 @@ BASE = {
     "rate_multiplier": Decimal("1.25"),
     "outcome": "completed",
     "upstream_request_id": "msg_01",
+    "duration_ms": 1234,
+    "ttfb_ms": 56,
 }
 
 
@@ -40,6 +42,7 @@ BASE = {
     [
         {},
         {"rate_multiplier": None, "provider_key_id": None, "upstream_request_id": None},
+        {"duration_ms": None, "ttfb_ms": None},
         {"provider": "openai", "endpoint": "chat/completions", "stream": False, "estimated": True},
         {"rate_multiplier": Decimal("0.000001"), "outcome": "client_disconnected"},
     ],

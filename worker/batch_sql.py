@@ -44,11 +44,13 @@ _INSERT_USAGE = (
     " INSERT INTO usage_records (request_id, user_id, api_key_id, provider_key_id, provider,"
     " model, endpoint, stream, input_tokens, output_tokens, cache_read_tokens,"
     " cache_write_tokens, cache_write_1h_tokens, cost_usd, estimated, outcome,"
-    " upstream_request_id, created_at, counted, count_batch, web_search_calls, service_tier)"
+    " upstream_request_id, created_at, counted, count_batch, web_search_calls, service_tier,"
+    " duration_ms, ttfb_ms)"
     " SELECT r.request_id, r.user_id, k.id, pk.id, r.provider, r.model, r.endpoint, r.stream,"
     " r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,"
     " r.cache_write_1h_tokens, r.cost_usd::numeric, r.estimated, r.outcome,"
-    " r.upstream_request_id, r.created_at, true, b.id, r.web_search_calls, r.service_tier"
+    " r.upstream_request_id, r.created_at, true, b.id, r.web_search_calls, r.service_tier,"
+    " r.duration_ms, r.ttfb_ms"
     " FROM unnest($1::settle_usage_row[]) AS r CROSS JOIN b"
     " LEFT JOIN api_keys k ON k.id = r.api_key_id"
     " LEFT JOIN provider_keys pk ON pk.id = r.provider_key_id"
@@ -80,6 +82,8 @@ def _usage_rows(events: list[UsageEvent], costs: dict[str, Decimal]) -> list[tup
             e.created_at,
             e.usage.web_search_calls,
             e.usage.service_tier,
+            e.duration_ms,
+            e.ttfb_ms,
         )
         for e in events
     ]

@@ -8,47 +8,12 @@ from decimal import Decimal
 import asyncpg
 
 from shared.db.users import Conn
-from shared.events import UsageEvent
 
 _LIST_COLUMNS = (
     "request_id, created_at, provider, model, endpoint, stream, input_tokens, output_tokens,"
     " cache_read_tokens, cache_write_tokens, cost_usd, estimated, status, web_search_calls,"
     " service_tier"
 )
-
-
-async def insert(conn: asyncpg.Connection, event: UsageEvent, cost_usd: Decimal) -> bool:
-    """Insert the record; False when this request id was already settled."""
-    usage = event.usage
-    row_id = await conn.fetchval(
-        "INSERT INTO usage_records (request_id, user_id, api_key_id, provider_key_id, provider,"
-        " model, endpoint, stream, input_tokens, output_tokens, cache_read_tokens,"
-        " cache_write_tokens, cache_write_1h_tokens, cost_usd, estimated, outcome,"
-        " upstream_request_id, created_at)"
-        " VALUES ($1, $2, (SELECT id FROM api_keys WHERE id = $3),"
-        " (SELECT id FROM provider_keys WHERE id = $4),"
-        " $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-        " ON CONFLICT (request_id) DO NOTHING RETURNING id",
-        event.request_id,
-        event.user_id,
-        event.api_key_id,
-        event.provider_key_id,
-        event.provider,
-        event.model,
-        event.endpoint,
-        event.stream,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_read_tokens,
-        usage.cache_write_tokens,
-        usage.cache_write_1h_tokens,
-        cost_usd,
-        event.estimated,
-        event.outcome,
-        event.upstream_request_id,
-        event.created_at,
-    )
-    return row_id is not None
 
 
 async def recent_for_user(conn: Conn, user_id: int, limit: int) -> list[asyncpg.Record]:
