@@ -189,7 +189,7 @@ async def serve_metered(
         return result.response
 
     usage, estimated = billed_usage(result, bound, raw)
-    duration_ms, ttfb_ms = timing_ms(request)
+    duration_ms, ttfb_ms = timing_ms(request, prepared.stream)
     gw.metrics.count_tokens(provider, model, usage)
     if estimated:
         gw.metrics.inc("meterway_estimated_usage_total", provider=provider)
@@ -225,13 +225,13 @@ async def serve_metered(
     return result.response
 
 
-def timing_ms(request: web.Request) -> tuple[int, int]:
+def timing_ms(request: web.Request, streamed: bool) -> tuple[int, int]:
     """Milliseconds from the request's arrival to now (its answer is complete:
     a stream sent, a whole answer ready) and to the first body byte sent (a
     whole answer's goes now, with the rest)."""
     now = perf_counter()
-    started = request.get(STARTED, now)
-    first = request.get(FIRST_BYTE, now)
+    started = request[STARTED]  # the middleware's
+    first = request.get(FIRST_BYTE, now) if streamed else now
     return round((now - started) * 1000), round((first - started) * 1000)
 
 
