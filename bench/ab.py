@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -152,17 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="meterway-ab-"))
-    old_root = workdir / "old"
-    git = ["git", "-C", str(procs.REPO_ROOT)]
-    subprocess.run(
-        [*git, "worktree", "add", "--detach", str(old_root), args.against],
-        check=True,
-        capture_output=True,
-    )
     try:
-        results = asyncio.run(compare(args, old_root, workdir))
+        with procs.revision_tree(args.against, workdir) as old_root:
+            results = asyncio.run(compare(args, old_root, workdir))
     finally:
-        subprocess.run([*git, "worktree", "remove", "--force", str(old_root)], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(results, args.against))
     return 0

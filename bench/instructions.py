@@ -185,17 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("valgrind"):
         p.error("valgrind is not installed (apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="meterway-instr-"))
-    old_root = workdir / "old"
-    git = ["git", "-C", str(procs.REPO_ROOT)]
-    subprocess.run(
-        [*git, "worktree", "add", "--detach", str(old_root), args.against],
-        check=True,
-        capture_output=True,
-    )
     try:
-        results = asyncio.run(compare(args, old_root, workdir))
+        with procs.revision_tree(args.against, workdir) as old_root:
+            results = asyncio.run(compare(args, old_root, workdir))
     finally:
-        subprocess.run([*git, "worktree", "remove", "--force", str(old_root)], check=False)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print(report(results, args.against))

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,21 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024**2
 GIB = 1024**3
 _METERWAY_MAIN = "import sys; from meterway.cli import main; sys.exit(main())"
+
+
+@contextlib.contextmanager
+def revision_tree(rev: str, workdir: Path) -> Iterator[Path]:
+    """The code of git revision `rev` as a detached worktree in `workdir/old`,
+    for a benchmark that runs it beside the working tree; removed afterwards."""
+    old_root = workdir / "old"
+    git = ["git", "-C", str(REPO_ROOT)]
+    subprocess.run(
+        [*git, "worktree", "add", "--detach", str(old_root), rev], check=True, capture_output=True
+    )
+    try:
+        yield old_root
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(old_root)], check=False)
 
 
 def free_port() -> int:
