@@ -20,7 +20,7 @@ from proxy.holds import Holds
 from proxy.keypool import KeyPool
 from proxy.listener import listen_for_invalidations, refresh_periodically
 from proxy.metrics import CONTENT_TYPE, Metrics
-from proxy.middleware import refused_request, request_context
+from proxy.middleware import refusals_for, request_context
 from proxy.models import not_found
 from proxy.readiness import READINESS, Readiness, readyz
 from proxy.redeem import redeem
@@ -133,10 +133,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def make_runner(settings: Settings) -> web.AppRunner:
     """The proxy app in a runner with the client limits (slow or huge clients)."""
+    app = create_app(settings)
     return GuardedAppRunner(
-        create_app(settings),
+        app,
         ClientLimits.from_settings(settings),
-        error_response=refused_request,
+        error_response=refusals_for(app),
         access_log=None,
     )
 
@@ -159,7 +160,7 @@ def run(settings: Settings, host: str, port: int, *, sock: socket.socket | None 
         ClientLimits.from_settings(settings),
         host=host,
         port=port,
-        error_response=refused_request,
+        error_response=refusals_for(app),
         access_log=None,
         sock=sock,
         drain=Drain.from_settings(

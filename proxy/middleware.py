@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from time import perf_counter
 
 import structlog
@@ -14,6 +15,7 @@ from proxy.errors import ProxyError, error_response
 from proxy.metrics import FIRST_BYTE, STARTED, labels_of
 from proxy.readiness import READINESS
 from proxy.state import GATEWAY, REQUEST_ID, Gateway
+from shared.provider_config import BUILTINS
 
 log = structlog.get_logger("meterway.proxy")
 
@@ -27,20 +29,27 @@ def new_request_id() -> str:
     return f"req_{_PROCESS_PART}{next(_counter):08x}"
 
 
-_BUILTIN_KINDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
-
-
 def provider_segment(path: str) -> str:
     parts = path.split("/", 3)  # "", "v1", provider, rest
     return parts[2] if len(parts) > 2 else ""
 
 
-def refused_request(status: int, message: str, path: str | None) -> web.Response:
-    """A request the server refused before routing it (headers malformed or over
-    64 KiB, see `shared.http_server`), answered in its path's built-in provider's
-    format (openai's for any other path)."""
-    kind = _BUILTIN_KINDS.get(provider_segment(path or ""), "openai")
-    return error_response(kind, ProxyError(status, message), new_request_id())
+def refusals_for(app: web.Application) -> Callable[[int, str, str | None], web.Response]:
+    """How the server answers a request it refused before routing it (headers
+    malformed or over 64 KiB, see `shared.http_server`): in the format of its
+    path's provider, built in or added, as the key pool last loaded them
+    (openai's for any other path, and before the pool is loaded)."""
+
+    def refused_request(status: int, message: str, path: str | None) -> web.Response:
+        gw = app.get(GATEWAY)
+        segment = provider_segment(path or "")
+        kind = gw.pool.kind_of(segment) if gw is not None else _BUILTIN_KINDS.get(segment)
+        return error_response(kind or "openai", ProxyError(status, message), new_request_id())
+
+    return refused_request
+
+
+_BUILTIN_KINDS = {name: name for name in BUILTINS}  # a built-in provider's kind is its name
 
 
 def error_kind(gw: Gateway, request: web.Request) -> str:

@@ -279,3 +279,36 @@ def test_auth_header_rule():
     spec = provider_config.ProviderSpec("a", "openai", "http://h/v1", "api-key", (("X", "1"),))
     assert spec.auth("s") == ("api-key", "s")
     assert spec.replaced == frozenset({"api-key", "x"})
+
+
+async def test_refusals_before_routing_take_an_added_providers_format(
+    cli,  # noqa: F811
+    proxy_url,
+    accounts,
+    upstream,
+):
+    """A request refused before it is routed (here: headers over 64 KiB) on an
+    added gemini-kind provider's path is answered in Google's format, as on the
+    built-in `gemini` path; on an unknown provider's path, in OpenAI's."""
+    acct = await accounts.create("1")
+    await cli.ok(
+        "provider", "add", "compat-gemini", "--kind", "gemini", "--base-url", f"{upstream.base}/gemini"
+    )  # fmt: skip
+    listing = f"{proxy_url}/v1/compat-gemini/v1beta/models"
+    deadline = time.monotonic() + BOUND_SECONDS
+    async with aiohttp.ClientSession() as http:
+        while True:  # the proxy's pool has loaded the provider once it lists its models
+            async with http.get(listing, headers={"x-goog-api-key": acct.key}) as resp:
+                if resp.status == 200:
+                    break
+            assert time.monotonic() < deadline, "the added provider was not loaded in time"
+            await asyncio.sleep(0.1)
+        pad = {f"X-Pad-{i}": "a" * 8000 for i in range(10)}  # 80 KB of headers
+        for provider, google in (("compat-gemini", True), ("gemini", True), ("nobody", False)):
+            path = f"{proxy_url}/v1/{provider}/v1beta/models/gemini-2.5-flash:generateContent"
+            async with http.post(path, data=b"{}", headers=pad) as resp:
+                assert resp.status == 431, provider
+                error = (await resp.json(content_type=None))["error"]
+                assert ("status" in error and error["code"] == 431) is google, (provider, error)
+                assert resp.headers["x-request-id"].startswith("req_")
+    await cli.ok("provider", "remove", "compat-gemini")
