@@ -69,13 +69,16 @@ def resolve(spec: ProviderSpec, tail: str, request: web.Request) -> Call | None:
     return _fixed_call(spec, tail)
 
 
-@lru_cache(maxsize=1024)
 def _fixed_call(spec: ProviderSpec, tail: str) -> Call | None:
-    """Kinds openai and anthropic: the call depends on the path alone (one per
-    provider configuration and path, made once)."""
+    """Kinds openai and anthropic: the call depends on the path alone."""
     found = _POSTS[spec.kind].get(tail)
-    if found is None:
-        return None
+    return None if found is None else _call_of(spec, found)
+
+
+@lru_cache(maxsize=1024)
+def _call_of(spec: ProviderSpec, found: tuple[Adapter, str]) -> Call:
+    """Made once per provider configuration and metered path (never for a miss,
+    so unknown paths cannot push these out)."""
     adapter, path = found
     return Call(spec, adapter, target(spec.base_url, path))
 

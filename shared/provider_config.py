@@ -18,9 +18,12 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import orjson
+import structlog
 
 from shared.config import Settings
 from shared.db.users import Conn
+
+log = structlog.get_logger("meterway.providers")
 
 Kind = Literal["openai", "anthropic", "gemini"]
 KINDS: tuple[Kind, ...] = ("openai", "anthropic", "gemini")
@@ -170,11 +173,14 @@ def effective_base_url(
 _COLUMNS = "name, kind, base_url, auth_header, headers, builtin"
 
 
-def _spec(row: Mapping, settings: Settings) -> ProviderSpec:
+def _spec(row: Mapping, settings: Settings) -> ProviderSpec | None:
+    """The row as a spec; None (and logged) when its header names are not what
+    `provider add` accepts, as a row edited by hand could be: a request to it
+    could then carry a broken header line."""
     raw_headers = row["headers"]
     pairs = orjson.loads(raw_headers) if isinstance(raw_headers, str | bytes) else raw_headers
     kind = row["kind"]
-    return ProviderSpec(
+    spec = ProviderSpec(
         name=row["name"],
         kind=kind,
         base_url=effective_base_url(row["name"], row["base_url"], settings),
@@ -182,6 +188,12 @@ def _spec(row: Mapping, settings: Settings) -> ProviderSpec:
         headers=tuple((str(n), str(v)) for n, v in pairs or ()),
         builtin=row["builtin"],
     )
+    names = [spec.auth_header, *(name for name, _ in spec.headers)]
+    values = [value for _, value in spec.headers]
+    if not all(_TOKEN.fullmatch(n) for n in names) or any("\r" in v or "\n" in v for v in values):
+        log.error("provider_not_served_bad_headers", provider=spec.name)
+        return None
+    return spec
 
 
 async def list_provider_specs(conn: Conn, settings: Settings) -> list[ProviderSpec]:
@@ -189,7 +201,7 @@ async def list_provider_specs(conn: Conn, settings: Settings) -> list[ProviderSp
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM providers WHERE removed_at IS NULL ORDER BY builtin DESC, name"
     )
-    return [_spec(row, settings) for row in rows]
+    return [spec for row in rows if (spec := _spec(row, settings)) is not None]
 
 
 async def get_provider_spec(conn: Conn, name: str, settings: Settings) -> ProviderSpec | None:

@@ -312,3 +312,22 @@ async def test_refusals_before_routing_take_an_added_providers_format(
                 assert ("status" in error and error["code"] == 431) is google, (provider, error)
                 assert resp.headers["x-request-id"].startswith("req_")
     await cli.ok("provider", "remove", "compat-gemini")
+
+
+@pytest.mark.parametrize(
+    ("auth_header", "headers", "served"),
+    [
+        ("x-key", [["X-Fixed", "1"]], True),
+        ("x-key", [["X:Evil", "1"]], False),  # a colon in a name
+        ("x-key", [["X-Fixed", "1\r\nEvil: 2"]], False),  # a line break in a value
+        ("x key", [], False),  # not an HTTP header name
+    ],
+)
+def test_a_provider_row_edited_into_bad_headers_is_not_served(
+    settings: Settings, auth_header, headers, served
+):
+    row = {
+        "name": "edited", "kind": "openai", "base_url": "http://h:1/v1",
+        "auth_header": auth_header, "headers": headers, "builtin": False,
+    }  # fmt: skip
+    assert (provider_config._spec(row, settings) is not None) is served

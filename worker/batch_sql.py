@@ -1,6 +1,6 @@
 """The Postgres statements of batch settlement: few round trips per batch.
 
-Rows go to Postgres as one array of a row type (`settle_usage_row`,
+Rows go to Postgres as one array of a row type (`settle_usage_row_v2`,
 `settle_ledger_row`): asyncpg encodes that with less than half the CPU of one
 array per column, and Postgres reads it faster too. Money goes as text
 (`str(Decimal)`, exact) cast to NUMERIC by the statement: asyncpg's binary
@@ -51,7 +51,7 @@ _INSERT_USAGE = (
     " r.cache_write_1h_tokens, r.cost_usd::numeric, r.estimated, r.outcome,"
     " r.upstream_request_id, r.created_at, true, b.id, r.web_search_calls, r.service_tier,"
     " r.duration_ms, r.ttfb_ms"
-    " FROM unnest($1::settle_usage_row[]) AS r CROSS JOIN b"
+    " FROM unnest($1::settle_usage_row_v2[]) AS r CROSS JOIN b"
     " LEFT JOIN api_keys k ON k.id = r.api_key_id"
     " LEFT JOIN provider_keys pk ON pk.id = r.provider_key_id"
     " ON CONFLICT (request_id) DO NOTHING RETURNING request_id, id, count_batch"
@@ -59,7 +59,7 @@ _INSERT_USAGE = (
 
 
 def _usage_rows(events: list[UsageEvent], costs: dict[str, Decimal]) -> list[tuple]:
-    """`settle_usage_row` values, in its column order."""
+    """`settle_usage_row_v2` values, in its column order."""
     return [
         (
             e.request_id,
