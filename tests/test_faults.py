@@ -133,9 +133,11 @@ async def test_upstream_breaks_mid_stream(stack, books, pg, private_redis):
         async for _ in raw.parse():
             pass
     await wait_settled(pg, ids, timeout=20)
+    # in the order the requests were made: the first one's event may be enqueued
+    # after the second's (its client saw the error event before the enqueue)
     rows = await pg.fetch(
         "SELECT outcome, estimated, output_tokens FROM usage_records"
-        " WHERE request_id = ANY($1::text[]) ORDER BY id",
+        " WHERE request_id = ANY($1::text[]) ORDER BY array_position($1::text[], request_id)",
         ids,
     )
     assert [r["outcome"] for r in rows] == ["upstream_broken", "upstream_error_event"]
