@@ -165,9 +165,9 @@ async def test_responses_non_streaming_and_streaming(proxy_url, accounts, pg, ca
     )
     await wait_settled(pg, ids)
     assert await accounts.balance(acct.user_id) == Decimal("10") - sum(costs)
-    rows = await pg.fetch(
+    rows = await pg.fetch(  # in request order (a whole answer is sent before its enqueue)
         "SELECT endpoint, stream, cost_usd FROM usage_records WHERE request_id = ANY($1::text[])"
-        " ORDER BY id",
+        " ORDER BY array_position($1::text[], request_id)",
         ids,
     )
     assert [(r["endpoint"], r["stream"]) for r in rows] == [
