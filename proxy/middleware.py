@@ -43,13 +43,13 @@ def refusals_for(app: web.Application) -> Callable[[int, str, str | None], web.R
     def refused_request(status: int, message: str, path: str | None) -> web.Response:
         gw = app.get(GATEWAY)
         segment = provider_segment(path or "")
-        kind = gw.pool.kind_of(segment) if gw is not None else _BUILTIN_KINDS.get(segment)
+        if gw is not None:
+            kind = gw.pool.kind_of(segment)
+        else:  # a built-in provider's kind is its name
+            kind = segment if segment in BUILTINS else None
         return error_response(kind or "openai", ProxyError(status, message), new_request_id())
 
     return refused_request
-
-
-_BUILTIN_KINDS = {name: name for name in BUILTINS}  # a built-in provider's kind is its name
 
 
 def error_kind(gw: Gateway, request: web.Request) -> str:
